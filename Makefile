@@ -1,0 +1,40 @@
+# noblink: every target sets itself up. `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench bench-ring sim inspect clean soak
+
+# (Re)create the venv when it is missing or older than pyproject.toml.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/noblink run $(ARGS)
+
+sim: $(STAMP)
+	$(VENV)/bin/noblink sim --speed 60 $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+soak: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+inspect: $(STAMP)
+	$(PY) scripts/inspect_memory.py $(ARGS)
+
+bench-ring: $(STAMP)
+	$(PY) -m bench.ring
+
+bench: bench-ring
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Pieces every noblink process shares: the clock, the error policy, configuration, logging."""

@@ -1,0 +1,44 @@
+"""Process plumbing every worker shares: logging, uvloop, and signals that only enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+LOG_FORMAT = "%(asctime)s %(levelname).1s %(processName)s[%(process)d] %(name)s: %(message)s"
+
+
+def setup_logging(level: str | None = None) -> None:
+    logging.basicConfig(level=(level or os.environ.get("NOBLINK_LOG", "INFO")).upper(),
+                        format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def install_stop_signals(stop: asyncio.Event,
+                         signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """SIGTERM/SIGINT set ``stop``; the loop notices and shuts down in order.
+
+    The handler does nothing else: no logging, no I/O (gunicorn's rule).
+    """
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a worker's async main on uvloop (falls back to asyncio where uvloop is missing)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency on Linux
+        return asyncio.run(main())
+    return uvloop.run(main())
+
+
+def truncate(payload: bytes | str, limit: int = 200) -> str:
+    """A safe, short rendering of a bad payload for the log."""
+    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+    return text if len(text) <= limit else text[:limit] + f"...(+{len(text) - limit} chars)"

@@ -1,0 +1,1 @@
+"""noblink feed_worker package."""

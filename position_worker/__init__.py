@@ -1,0 +1,1 @@
+"""noblink position_worker package."""

@@ -1,0 +1,1 @@
+"""noblink state package."""

@@ -1,0 +1,267 @@
+"""Every record layout that crosses a process boundary, in one place.
+
+All dtypes are little-endian, packed explicitly (``align=False``) and padded by hand so that
+the byte offsets below are the real ones. A layout change MUST bump ``LAYOUT_VERSION``; the
+layout hash (computed from the dtypes themselves) catches the changes someone forgot to bump,
+because an attaching process refuses a segment whose hash differs from its own.
+
+Common segment header (64 bytes, at offset 0 of every segment; see state/segment.py):
+
+    off size field
+    0   8    magic            b"NOBLINK\\x01"
+    8   4    layout_version   u32
+    12  4    kind             u32   (SegmentKind)
+    16  8    layout_hash      u64   (hash of this kind's dtypes and parameters)
+    24  8    size             u64   (total bytes of the file)
+    32  4    creator_pid      u32
+    36  4    reserved         u32
+    40  8    created_ns       u64   (time.time_ns() at creation)
+    48  16   name             bytes (segment short name, NUL padded)
+
+Each structure module (ring, table, control, snapshot) documents the payload that follows.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+
+import numpy as np
+
+LAYOUT_VERSION = 1
+MAGIC = b"NOBLINK\x01"
+CACHE_LINE = 64
+HEADER_SIZE = 64
+
+HEADER_DT = np.dtype([
+    ("magic", "S8"),
+    ("layout_version", "<u4"),
+    ("kind", "<u4"),
+    ("layout_hash", "<u8"),
+    ("size", "<u8"),
+    ("creator_pid", "<u4"),
+    ("reserved", "<u4"),
+    ("created_ns", "<u8"),
+    ("name", "S16"),
+])
+assert HEADER_DT.itemsize == HEADER_SIZE
+
+
+class SegmentKind(enum.IntEnum):
+    RING = 1
+    TABLE = 2
+    CONTROL = 3
+    SNAPSHOT = 4
+
+
+def layout_hash(*parts: object) -> int:
+    """A stable 64-bit hash of dtypes and parameters (not Python's randomised ``hash``)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(str(LAYOUT_VERSION).encode())
+    for p in parts:
+        h.update(b"\x1f")
+        h.update(repr(p.descr if isinstance(p, np.dtype) else p).encode())
+    return int.from_bytes(h.digest(), "little")
+
+
+# --- candles -----------------------------------------------------------------------------
+
+# One Binance kline update (ring record) or one closed candle (window element). 96 bytes.
+# Prices are float64: Binance sends decimal strings; float64 holds their 8 significant
+# digits exactly enough for signals, and the raw string never has to cross a process.
+KLINE_DT = np.dtype([
+    ("symbol_id", "<u2"),      # index into core.markets.SYMBOLS
+    ("interval_id", "<u2"),    # index into core.markets.KLINE_INTERVALS
+    ("closed", "u1"),          # 1 only on Binance's final update (x=true)
+    ("_pad", "u1", (3,)),
+    ("open_time", "<i8"),      # ms, k.t
+    ("close_time", "<i8"),     # ms, k.T
+    ("open", "<f8"),
+    ("high", "<f8"),
+    ("low", "<f8"),
+    ("close", "<f8"),
+    ("volume", "<f8"),
+    ("quote_volume", "<f8"),
+    ("trades", "<i8"),
+    ("event_time", "<i8"),     # ms, E
+    ("recv_ns", "<i8"),        # monotonic ns when the frame arrived (latency)
+])
+assert KLINE_DT.itemsize == 96
+
+WINDOW_CAPACITY = 512          # >= 500 closed candles per symbol x interval
+
+# One row per (symbol, interval): the rolling window of closed candles, oldest first.
+WINDOW_ROW_DT = np.dtype([
+    ("symbol_id", "<u2"),
+    ("interval_id", "<u2"),
+    ("_pad", "u1", (4,)),
+    ("count", "<u8"),          # valid candles in candles[:count]
+    ("last_open_time", "<i8"), # open_time of candles[count-1], -1 when empty
+    ("updated_ns", "<i8"),
+    ("candles", KLINE_DT, (WINDOW_CAPACITY,)),
+])
+
+# A scanner tick, published into the tick ring so strategies can block on "next tick". 32 B.
+TICK_DT = np.dtype([
+    ("tick", "<u8"),
+    ("tick_time_ms", "<i8"),   # clock time of the scan (sim ms in sim mode)
+    ("mono_ns", "<i8"),
+    ("slots_ok", "<u4"),       # slots with a current market and book
+    ("_pad", "u1", (4,)),
+])
+
+# --- markets (the 16 slots) --------------------------------------------------------------
+
+class SlotStatus(enum.IntEnum):
+    EMPTY = 0
+    OK = 1
+    NOT_LISTED = 2      # the window's market does not exist on Gamma yet
+    NO_BOOK = 3         # listed, but the CLOB has no book for it yet
+    ERROR = 4           # the last scan failed; the row holds the previous good data
+
+
+MARKET_DT = np.dtype([
+    ("slot", "<u2"),
+    ("status", "u1"),
+    ("accepting", "u1"),
+    ("window_s", "<u4"),
+    ("window_start", "<i8"),   # unix seconds
+    ("end_ts", "<i8"),         # unix seconds
+    ("slug", "S48"),
+    ("condition_id", "S80"),
+    ("up_token", "S80"),       # Polymarket token ids are ~77-digit decimal strings
+    ("down_token", "S80"),
+    ("up_bid", "<f8"), ("up_ask", "<f8"), ("up_bid_size", "<f8"), ("up_ask_size", "<f8"),
+    ("down_bid", "<f8"), ("down_ask", "<f8"), ("down_bid_size", "<f8"), ("down_ask_size", "<f8"),
+    ("tick", "<u8"),           # scanner tick that wrote this row
+    ("updated_ns", "<i8"),
+    ("next_status", "u1"),     # SlotStatus of the next window's market
+    ("_pad", "u1", (7,)),
+])
+
+# --- orders and positions ----------------------------------------------------------------
+
+class Outcome(enum.IntEnum):
+    UP = 0
+    DOWN = 1
+
+
+class PositionState(enum.IntEnum):
+    EMPTY = 0
+    PENDING = 1      # order journaled, not yet confirmed
+    OPEN = 2         # filled, window not settled
+    SETTLED = 3
+    FAILED = 4       # order rejected / unfilled: no exposure
+
+
+# An order intent from a strategy worker. 128 bytes.
+INTENT_DT = np.dtype([
+    ("epoch", "<u8"),          # the writer's strategy epoch: fencing token
+    ("intent_id", "<u8"),      # per-writer sequence, for logs
+    ("created_ns", "<i8"),     # wall ns
+    ("slot", "<u2"),
+    ("outcome", "u1"),         # Outcome
+    ("_pad", "u1", (5,)),
+    ("window_start", "<i8"),   # with slot: the idempotency key
+    ("stake", "<f8"),          # dollars
+    ("max_price", "<f8"),
+    ("slug", "S48"),
+    ("reason", "S24"),
+])
+assert INTENT_DT.itemsize == 128
+
+POSITION_CAPACITY = 1024
+
+POSITION_DT = np.dtype([
+    ("state", "u1"),
+    ("outcome", "u1"),
+    ("slot", "<u2"),
+    ("_pad", "u1", (4,)),
+    ("window_start", "<i8"),
+    ("end_ts", "<i8"),
+    ("epoch", "<u8"),
+    ("slug", "S48"),
+    ("token", "S80"),
+    ("order_id", "S80"),
+    ("client_key", "S32"),
+    ("stake", "<f8"),
+    ("shares", "<f8"),
+    ("avg_price", "<f8"),
+    ("fees", "<f8"),
+    ("pnl", "<f8"),
+    ("opened_ns", "<i8"),
+    ("settled_ns", "<i8"),
+])
+
+# --- per-process counters (one-row tables) -----------------------------------------------
+
+FEED_STATS_DT = np.dtype([
+    ("messages", "<u8"),
+    ("reconnects", "<u8"),
+    ("gaps_filled", "<u8"),
+    ("parse_errors", "<u8"),
+    ("stale_episodes", "<u8"),
+    ("rest_errors", "<u8"),
+    ("scans", "<u8"),
+    ("scan_errors", "<u8"),
+    ("latency_p50_us", "<f8"),
+    ("latency_p99_us", "<f8"),
+    ("last_message_ns", "<i8"),
+    ("connected", "u1"),
+    ("_pad", "u1", (7,)),
+])
+
+N_REJECT_REASONS = 16
+
+POSITION_STATS_DT = np.dtype([
+    ("intents", "<u8"),
+    ("orders", "<u8"),
+    ("open_positions", "<u8"),
+    ("settled", "<u8"),
+    ("wins", "<u8"),
+    ("losses", "<u8"),
+    ("streak", "<i8"),         # +n wins in a row, -n losses in a row
+    ("pnl", "<f8"),
+    ("fees", "<f8"),
+    ("exposure", "<f8"),
+    ("win_rate_100", "<f8"),
+    ("win_rate_all", "<f8"),
+    ("rejected", "<u8", (N_REJECT_REASONS,)),   # index: position_worker RejectReason
+    ("mismatches", "<u8"),
+    ("paused", "u1"),
+    ("_pad", "u1", (7,)),
+])
+
+# --- control block -----------------------------------------------------------------------
+
+class WorkerRole(enum.IntEnum):
+    NONE = 0
+    SUPERVISOR = 1
+    FEED = 2
+    POSITION = 3
+    STRATEGY = 4
+    SIM = 5
+
+
+MAX_WORKERS = 8
+MAX_EPOCH_TICKS = 8
+
+# A worker's slot in the control block: exactly one cache line, so one worker's heartbeat
+# store never invalidates another worker's line.
+WORKER_DT = np.dtype({
+    "names": ["heartbeat_ns", "pid", "role", "state", "lane", "epoch", "started_ns", "label"],
+    "formats": ["<i8", "<u4", "u1", "u1", "u1", "<u8", "<i8", "S24"],
+    "offsets": [0, 8, 12, 13, 14, 16, 24, 32],
+    "itemsize": CACHE_LINE,
+})
+
+EPOCH_TICK_DT = np.dtype([("epoch", "<u8"), ("tick", "<u8")])
+
+
+# The strategy snapshot region's per-buffer header (see state/snapshot.py). 64 bytes.
+SNAPSHOT_META_DT = np.dtype({
+    "names": ["generation", "length", "crc32", "schema_version", "written_ns", "epoch"],
+    "formats": ["<u8", "<u8", "<u4", "<u4", "<i8", "<u8"],
+    "offsets": [0, 8, 16, 20, 24, 32],
+    "itemsize": CACHE_LINE,
+})

@@ -1,0 +1,297 @@
+"""One class for one OS resource: a named POSIX shared-memory file, mapped with mmap.
+
+Why not ``multiprocessing.shared_memory``: on Python 3.11 every process that attaches a
+``SharedMemory`` registers it with its resource tracker, and the tracker unlinks the segment
+when that process exits (bpo-39959 / gh-82300; ``track=False`` only arrived in 3.13). A memory
+inspector run would destroy live state. So noblink opens ``/dev/shm`` files itself with
+``os.open`` + ``mmap`` and no tracker ever hears of them.
+
+Rules:
+- Files are ``/dev/shm/noblink-<run id>-<name>``, mode 0600, created with O_EXCL.
+- The creator allocates every page up front (``posix_fallocate``), so a full /dev/shm fails
+  at start with ENOSPC instead of later with SIGBUS on first touch.
+- Exactly one owner unlinks. ``attach`` never unlinks, and ``close`` never unlinks.
+- A restarted owner *adopts* its old segment (same header) instead of creating a new one:
+  a crash is an unplanned reload, and the state must survive it.
+- ``close()`` is idempotent. Structures built on a segment drop their numpy views first,
+  because an mmap with live exports cannot be closed.
+
+The 64-byte header is described in state/layout.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from core.errors import (
+    SegmentError,
+    SegmentExistsError,
+    SegmentMismatchError,
+    SegmentMissingError,
+)
+from state.layout import HEADER_DT, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SegmentKind
+
+log = logging.getLogger(__name__)
+SHM_DIR = Path("/dev/shm")
+PREFIX = "noblink-"
+
+
+def segment_path(run_id: str, name: str, shm_dir: Path = SHM_DIR) -> Path:
+    return Path(shm_dir) / f"{PREFIX}{run_id}-{name}"
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+@dataclass(frozen=True)
+class Header:
+    magic: bytes
+    layout_version: int
+    kind: int
+    layout_hash: int
+    size: int
+    creator_pid: int
+    created_ns: int
+    name: str
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Header:
+        h = np.frombuffer(raw[:HEADER_SIZE], dtype=HEADER_DT)[0]
+        return cls(magic=bytes(h["magic"]), layout_version=int(h["layout_version"]),
+                   kind=int(h["kind"]), layout_hash=int(h["layout_hash"]), size=int(h["size"]),
+                   creator_pid=int(h["creator_pid"]), created_ns=int(h["created_ns"]),
+                   name=bytes(h["name"]).rstrip(b"\0").decode(errors="replace"))
+
+    def as_dict(self) -> dict:
+        known = self.kind in SegmentKind._value2member_map_
+        kind = SegmentKind(self.kind).name if known else self.kind
+        return {"layout_version": self.layout_version, "kind": kind,
+                "layout_hash": f"{self.layout_hash:016x}", "size": self.size,
+                "creator_pid": self.creator_pid, "created_ns": self.created_ns, "name": self.name}
+
+
+class Segment:
+    """A mapped shared-memory file. Create it (owner) or attach to it (everyone else)."""
+
+    # Class-level defaults make close() safe even when __init__ failed half-way.
+    _fd: int = -1
+    _mmap: mmap.mmap | None = None
+    _buf: memoryview | None = None
+
+    def __init__(self, path: Path, fd: int, size: int, *, readonly: bool, owner: bool) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self.owner = owner
+        self.size = size
+        self._fd = fd
+        prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+        self._mmap = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+        self._buf = memoryview(self._mmap)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, kind: SegmentKind, lhash: int, payload_size: int,
+               *, name: str = "") -> Segment:
+        """Create a new segment of ``HEADER_SIZE + payload_size`` bytes and become its owner.
+
+        Raises SegmentExistsError when the file exists, SegmentError on ENOSPC.
+        """
+        path = Path(path)
+        size = HEADER_SIZE + payload_size
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise SegmentExistsError(f"segment {path} already exists") from None
+        try:
+            os.fchmod(fd, 0o600)   # the umask can only remove bits; make the mode exact
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise SegmentError(
+                        f"cannot allocate {size} bytes for {path}: /dev/shm is full") from e
+                raise
+            seg = cls(path, fd, size, readonly=False, owner=True)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        seg._write_header(kind, lhash, name)
+        return seg
+
+    @classmethod
+    def attach(cls, path: Path, kind: SegmentKind, lhash: int, *, readonly: bool = False,
+               expected_size: int | None = None) -> Segment:
+        """Map an existing segment after checking its header. Never unlinks."""
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+        except FileNotFoundError:
+            raise SegmentMissingError(f"no segment {path}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE:
+                raise SegmentMismatchError(f"{path}: {size} bytes is smaller than a header")
+            seg = cls(path, fd, size, readonly=readonly, owner=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            seg.check(kind, lhash, expected_size)
+        except BaseException:
+            seg.close()
+            raise
+        return seg
+
+    @classmethod
+    def create_or_adopt(cls, path: Path, kind: SegmentKind, lhash: int, payload_size: int,
+                        *, name: str = "") -> tuple[Segment, bool]:
+        """Create the segment, or adopt the one a previous incarnation of this owner left.
+
+        Returns (segment, adopted). Adopting checks the header like ``attach`` and then takes
+        ownership (the header's creator_pid becomes this process).
+        """
+        try:
+            return cls.create(path, kind, lhash, payload_size, name=name), False
+        except SegmentExistsError:
+            seg = cls.attach(path, kind, lhash, expected_size=HEADER_SIZE + payload_size)
+            seg.owner = True
+            seg._header_view()["creator_pid"] = os.getpid()
+            return seg, True
+
+    def close(self) -> None:
+        """Unmap and close the file. Idempotent. Does not unlink."""
+        if self._buf is not None:
+            self._buf.release()
+            self._buf = None
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:
+                # Someone still holds a numpy view. Closing would pull memory out from under
+                # it; instead drop our reference and let the mapping go with the last view.
+                log.warning("%s: views still alive at close; unmapping when they die",
+                            self.path)
+            self._mmap = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def unlink(self) -> None:
+        """Remove the file. Only the owner may; every mapping stays valid until closed."""
+        if not self.owner:
+            raise SegmentError(f"{self.path}: only the owner may unlink a segment")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- header -------------------------------------------------------------------------
+
+    @property
+    def buf(self) -> memoryview:
+        if self._buf is None:
+            raise SegmentError(f"{self.path} is closed")
+        return self._buf
+
+    @property
+    def closed(self) -> bool:
+        return self._buf is None
+
+    def _header_view(self) -> np.ndarray:
+        return np.frombuffer(self.buf, dtype=HEADER_DT, count=1)[0]
+
+    def _write_header(self, kind: SegmentKind, lhash: int, name: str) -> None:
+        h = np.zeros((), dtype=HEADER_DT)
+        h["magic"] = MAGIC
+        h["layout_version"] = LAYOUT_VERSION
+        h["kind"] = int(kind)
+        h["layout_hash"] = lhash
+        h["size"] = self.size
+        h["creator_pid"] = os.getpid()
+        h["created_ns"] = time.time_ns()
+        h["name"] = name.encode()[:16]
+        self.buf[:HEADER_SIZE] = h.tobytes()
+
+    def header(self) -> Header:
+        return Header.parse(bytes(self.buf[:HEADER_SIZE]))
+
+    def check(self, kind: SegmentKind, lhash: int, expected_size: int | None = None) -> None:
+        """Refuse a segment whose header differs from what this code expects, naming both."""
+        h = self.header()
+        problems = []
+        if h.magic != MAGIC:
+            problems.append(f"magic {h.magic!r} != {MAGIC!r}")
+        if h.layout_version != LAYOUT_VERSION:
+            problems.append(f"layout version {h.layout_version} (segment) != "
+                            f"{LAYOUT_VERSION} (this code)")
+        if h.kind != int(kind):
+            problems.append(f"kind {h.kind} (segment) != {int(kind)} ({kind.name}, this code)")
+        if h.layout_hash != lhash:
+            problems.append(f"layout hash {h.layout_hash:016x} (segment) != "
+                            f"{lhash:016x} (this code)")
+        if h.size != self.size:
+            problems.append(f"header size {h.size} != file size {self.size}")
+        if expected_size is not None and self.size != expected_size:
+            problems.append(f"size {self.size} (segment) != {expected_size} (this code)")
+        if problems:
+            raise SegmentMismatchError(f"refusing {self.path}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    path: Path
+    run_id: str
+    name: str
+    header: Header | None
+    error: str | None
+    creator_alive: bool
+
+
+def scan_segments(shm_dir: Path = SHM_DIR, run_id: str | None = None) -> list[SegmentInfo]:
+    """List noblink segments (read-only: reads headers with plain file reads, no mmap)."""
+    out = []
+    for p in sorted(Path(shm_dir).glob(f"{PREFIX}*")):
+        rest = p.name[len(PREFIX):]
+        rid, _, name = rest.partition("-")
+        if run_id is not None and rid != run_id:
+            continue
+        header = None
+        error = None
+        try:
+            with open(p, "rb") as f:
+                raw = f.read(HEADER_SIZE)
+            if len(raw) < HEADER_SIZE:
+                error = "shorter than a header"
+            else:
+                header = Header.parse(raw)
+                if header.magic != MAGIC:
+                    error = f"bad magic {header.magic!r}"
+        except OSError as e:
+            error = str(e)
+        alive = header is not None and pid_alive(header.creator_pid)
+        out.append(SegmentInfo(p, rid, name, header, error, alive))
+    return out

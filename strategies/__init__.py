@@ -1,0 +1,1 @@
+"""noblink strategies package."""

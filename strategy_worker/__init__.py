@@ -1,0 +1,1 @@
+"""noblink strategy_worker package."""

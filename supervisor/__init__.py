@@ -1,0 +1,1 @@
+"""noblink supervisor package."""
