@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +54,6 @@ _OFF_FLAGS = 896
 PAYLOAD_SIZE = 960 - HEADER_SIZE
 CONTROL_HASH = layout_hash("control", WORKER_DT, EPOCH_TICK_DT, MAX_WORKERS, MAX_EPOCH_TICKS)
 
-_TICK = struct.Struct("<Qqq")
-
 
 class WorkerSlot(enum.IntEnum):
     SUPERVISOR = 0
@@ -79,6 +76,10 @@ class ControlBlock:
     def __init__(self, seg: Segment) -> None:
         self._seg = seg
         self._buf = seg.buf
+        # Whole-word views: epoch and tick are read and written as one 8-byte access each
+        # (struct would do it a byte at a time, and a reader could catch half an update).
+        self._u64 = seg.buf.cast("Q")
+        self._i64 = seg.buf.cast("q")
         self.workers = np.frombuffer(seg.buf, dtype=WORKER_DT, count=MAX_WORKERS,
                                      offset=_OFF_WORKERS)
         self.epoch_ticks = np.frombuffer(seg.buf, dtype=EPOCH_TICK_DT, count=MAX_EPOCH_TICKS,
@@ -112,23 +113,26 @@ class ControlBlock:
 
     @property
     def active_epoch(self) -> int:
-        return struct.unpack_from("<Q", self._buf, _OFF_EPOCH)[0]
+        return self._u64[_OFF_EPOCH >> 3]
 
     def set_active_epoch(self, epoch: int) -> None:
         """Only the supervisor calls this: it decides which strategy may trade."""
-        struct.pack_into("<Q", self._buf, _OFF_EPOCH, epoch)
+        self._u64[_OFF_EPOCH >> 3] = epoch
 
     # -- tick -----------------------------------------------------------------------------
 
     def tick(self) -> tuple[int, int, int]:
         """(tick, tick_time_ms, tick_mono_ns). The scanner writes the three together; a
         torn read is harmless here because readers only compare ``tick`` for change."""
-        return _TICK.unpack_from(self._buf, _OFF_TICK)
+        w = _OFF_TICK >> 3
+        return self._u64[w], self._i64[w + 1], self._i64[w + 2]
 
     def publish_tick(self, tick: int, tick_time_ms: int, mono_ns: int) -> None:
         # time fields first, counter last: whoever sees the new tick sees its time too
-        struct.pack_into("<qq", self._buf, _OFF_TICK + 8, tick_time_ms, mono_ns)
-        struct.pack_into("<Q", self._buf, _OFF_TICK, tick)
+        w = _OFF_TICK >> 3
+        self._i64[w + 1] = tick_time_ms
+        self._i64[w + 2] = mono_ns
+        self._u64[w] = tick
 
     def set_epoch_tick(self, epoch: int, tick: int) -> None:
         self.epoch_ticks[epoch % MAX_EPOCH_TICKS] = (epoch, tick)
@@ -175,6 +179,10 @@ class ControlBlock:
     def close(self) -> None:
         """Idempotent."""
         self.workers = self.epoch_ticks = None  # type: ignore[assignment]
+        for view in (getattr(self, "_u64", None), getattr(self, "_i64", None)):
+            if view is not None:
+                view.release()
+        self._u64 = self._i64 = None  # type: ignore[assignment]
         self._buf = None  # type: ignore[assignment]
         if self._seg is not None:
             self._seg.close()

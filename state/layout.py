@@ -207,8 +207,15 @@ FEED_STATS_DT = np.dtype([
     ("latency_p50_us", "<f8"),
     ("latency_p99_us", "<f8"),
     ("last_message_ns", "<i8"),
+    ("backfilled", "<u8"),     # closed candles written from REST (start, reconnects, gaps)
+    ("rate_limited", "<u8"),   # REST 429/418 answers honoured (Retry-After)
+    ("rotations", "<u8"),      # planned reconnects: 24 h rotation, serverShutdown
+    ("starts", "<u8"),         # feed process starts on these segments (>1: restarted)
+    ("tick", "<u8"),           # last scanner tick
+    ("slots_ok", "<u4"),       # slots with status OK at the last tick
     ("connected", "u1"),
-    ("_pad", "u1", (7,)),
+    ("state", "u1"),           # feed_worker.lifecycle.FeedState
+    ("_pad", "u1", (2,)),
 ])
 
 N_REJECT_REASONS = 16

@@ -19,10 +19,21 @@ Byte layout (after the 64-byte segment header):
 
 Each data slot is ``[seq u64][record]``. To write record number ``s`` into slot ``s % cap``
 the producer stores ``seq = 2s+1`` (in progress), the record, then ``seq = 2s+2``
-(published), then ``head = s+1``. A reader that wants record ``s`` reads ``seq`` before and
-after copying and keeps the copy only if both equal ``2s+2``; a larger value means it was
-overtaken (lapped). This is a per-slot seqlock; it relies on x86-64's store order (TSO),
-and on 8-byte aligned stores being atomic, both true for the numpy/memoryview stores used.
+(published), then ``head = s+1``. A reader that wants record ``s < head`` copies it, then
+re-reads ``seq`` and keeps the copy only if it still equals ``2s+2``; a larger value means it
+was overtaken (lapped). (A seq check *before* the copy adds nothing: ``head`` was read first,
+and the producer stored ``2s+2`` before it stored ``head``.) This is a per-slot seqlock. It
+relies on x86-64's store order (TSO), and on 8-byte aligned loads and stores being atomic,
+so ``seq`` and ``head`` are only ever accessed as whole u64 words, through a
+``memoryview.cast("Q")`` or a numpy u64 view (one ``mov``), never with ``struct``: it packs
+and unpacks them a byte at a time, so a reader could see half of an update (head 0x1ff while
+it moves from 0xff to 0x100).
+
+Because one producer writes records in seq order and stores ``seq = 2s+1`` before any byte
+of a record, a reader that copied records ``[c, c+n)`` (all below the ``head`` it read
+first) only has to re-read the *first* slot's seq after the copy: if it still says ``2c+2``,
+the producer has not begun to overwrite any of them. Only when it does not does the reader
+check every slot, keep the intact newest ones and count the overwritten ones as lost.
 
 Readers keep their cursor in their own process. They also publish it in their reader slot,
 so the memory inspector can show each reader's lag; nothing reads it for correctness.
@@ -30,7 +41,12 @@ so the memory inspector can show each reader's lag; nothing reads it for correct
 Wake-up: a reader that has nothing to read spins briefly, then raises its ``waiting`` flag
 and blocks on its own named FIFO (a "bell" next to the segment). After publishing, the
 producer checks the 16 flag bytes and writes one byte to the bells of waiting readers only,
-so a producer with no sleepers pays one 16-byte compare per record.
+so a producer with no sleepers pays one 16-byte compare per record. "Store my flag (head),
+then load the other side's head (flag)" is Dekker's pattern, which TSO does *not* order by
+itself (a store may wait in the store buffer past a later load), so both sides put a full
+barrier between the two (see ``_fence``); without it both could miss each other and the
+reader would sleep through a publish. A wake-up without new data (a late byte from an
+earlier ring) is not a timeout: the reader goes back to sleep for the rest of its timeout.
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ import contextlib
 import fcntl
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +74,21 @@ _OFF_WAITING = 192
 _OFF_READERS = 256
 _DATA_OFF = _OFF_READERS + 64 * MAX_READERS
 _NO_WAITERS = bytes(MAX_READERS)
+_HEAD_Q = _OFF_HEAD // 8                  # word index of head in the u64 view
+_WAITING = struct.Struct("<QQ")           # the 16 waiting flags as two words
+_NOBODY = (0, 0)
+
+# A full memory barrier from Python: a lock's try-acquire and release are locked
+# read-modify-write instructions (sem_trywait / sem_post), which x86 never reorders with
+# other loads and stores. Non-blocking, so it cannot deadlock (e.g. in a forked child).
+_fence_lock = threading.Lock()
+_fence_acquire = _fence_lock.acquire
+_fence_release = _fence_lock.release
+
+
+def _fence() -> None:
+    if _fence_acquire(False):
+        _fence_release()
 
 READER_DT = np.dtype({
     "names": ["pid", "active", "cursor", "lapped", "lost", "name"],
@@ -65,7 +97,7 @@ READER_DT = np.dtype({
     "itemsize": 64,
 })
 
-_U64 = struct.Struct("<Q")
+_BYTES = (bytes, bytearray, memoryview)
 
 
 def _stride(record_size: int) -> int:
@@ -108,13 +140,18 @@ class _RingBase:
         self.capacity = int(cap)
         self.mask = self.capacity - 1
         self.stride = int(stride)
+        self.record_size = int(rsize)
         self._slot_dt = np.dtype({"names": ["seq", "rec"], "formats": ["<u8", self.dtype],
                                   "offsets": [0, 8], "itemsize": self.stride})
         self._slots = np.frombuffer(buf, dtype=self._slot_dt, count=self.capacity,
                                     offset=_DATA_OFF)
         self._readers = np.frombuffer(buf, dtype=READER_DT, count=MAX_READERS,
                                       offset=_OFF_READERS)
+        self._seqs = self._slots["seq"]
+        self._recs = self._slots["rec"]
+        self._q = buf.cast("Q")                # u64 words: atomic head and seq access
         self._buf = buf
+        self._empty = np.empty(0, dtype=self.dtype)
 
     @property
     def path(self) -> Path:
@@ -122,7 +159,7 @@ class _RingBase:
         return self._seg.path
 
     def head(self) -> int:
-        return _U64.unpack_from(self._buf, _OFF_HEAD)[0]
+        return self._q[_HEAD_Q]
 
     def readers(self) -> list[dict]:
         out = []
@@ -136,7 +173,11 @@ class _RingBase:
 
     def close(self) -> None:
         """Release the views, then the mapping. Idempotent."""
-        self._slots = self._readers = None  # type: ignore[assignment]
+        self._slots = self._readers = self._seqs = self._recs = None  # type: ignore[assignment]
+        q = getattr(self, "_q", None)
+        if q is not None:
+            q.release()
+            self._q = None  # type: ignore[assignment]
         self._buf = None  # type: ignore[assignment]
         if self._seg is not None:
             self._seg.close()
@@ -163,18 +204,41 @@ class RingWriter(_RingBase):
         self._ringer = Ringer()
         self._bells = [bell_path(self.path, i) for i in range(MAX_READERS)]
 
+    @classmethod
+    def attach_producer(cls, path: Path, dtype: np.dtype) -> RingWriter:
+        """Become the producer of a ring that another process owns (created, unlinks).
+
+        Used where the consumer owns the segment, e.g. the position worker's intent rings,
+        which strategy workers write. Attaches (never creates, never unlinks: ``unlink``
+        refuses) and continues at the published head. The one-producer rule still holds:
+        the owner hands each lane to exactly one producer at a time.
+        """
+        self = cls.__new__(cls)
+        seg = Segment.attach(Path(path), SegmentKind.RING, ring_hash(np.dtype(dtype)))
+        self.adopted = True
+        self._bind(seg, dtype)
+        self._seq = self.head()
+        self._ringer = Ringer()
+        self._bells = [bell_path(self.path, i) for i in range(MAX_READERS)]
+        return self
+
     def publish(self, record: np.void | np.ndarray | bytes) -> int:
         """Append one record; returns its sequence number. Never blocks."""
         s = self._seq
         off = _DATA_OFF + (s & self.mask) * self.stride
-        buf = self._buf
-        data = record if isinstance(record, bytes | bytearray | memoryview) else record.tobytes()
-        _U64.pack_into(buf, off, 2 * s + 1)
-        buf[off + 8: off + 8 + len(data)] = data
-        _U64.pack_into(buf, off, 2 * s + 2)
+        data = record if isinstance(record, _BYTES) else record.tobytes()
+        if len(data) != self.record_size:      # refuse before touching the slot
+            raise ValueError(f"record of {len(data)} B, this ring holds {self.record_size} B")
+        q = self._q
+        w = off >> 3
+        q[w] = 2 * s + 1
+        self._buf[off + 8: off + 8 + self.record_size] = data
+        q[w] = 2 * s + 2
         self._seq = s + 1
-        _U64.pack_into(buf, _OFF_HEAD, s + 1)
-        if buf[_OFF_WAITING:_OFF_WAITING + MAX_READERS] != _NO_WAITERS:
+        q[_HEAD_Q] = s + 1
+        if _fence_acquire(False):              # _fence(), inlined: this is the hot path
+            _fence_release()
+        if _WAITING.unpack_from(self._buf, _OFF_WAITING) != _NOBODY:
             self._ring_bells()
         return s
 
@@ -188,15 +252,23 @@ class RingWriter(_RingBase):
             records = records[-self.capacity:]
             n = self.capacity
         s0 = self._seq
-        seqs = np.arange(s0, s0 + n, dtype=np.uint64)
-        idx = (seqs & np.uint64(self.mask)).astype(np.intp)
-        slots = self._slots
-        slots["seq"][idx] = 2 * seqs + 1
-        slots["rec"][idx] = records
-        slots["seq"][idx] = 2 * seqs + 2
+        i0 = s0 & self.mask
+        if i0 + n <= self.capacity:            # contiguous slots: slices, no index arrays
+            seqs, recs = self._seqs[i0:i0 + n], self._recs[i0:i0 + n]
+            seq0 = 2 * s0
+            seqs[:] = np.arange(seq0 + 1, seq0 + 2 * n, 2, dtype=np.uint64)
+            recs[:] = records
+            seqs[:] = np.arange(seq0 + 2, seq0 + 2 * n + 1, 2, dtype=np.uint64)
+        else:
+            seqn = np.arange(s0, s0 + n, dtype=np.uint64)
+            idx = (seqn & np.uint64(self.mask)).astype(np.intp)
+            self._seqs[idx] = 2 * seqn + 1
+            self._recs[idx] = records
+            self._seqs[idx] = 2 * seqn + 2
         self._seq = s0 + n
-        _U64.pack_into(self._buf, _OFF_HEAD, self._seq)
-        if self._buf[_OFF_WAITING:_OFF_WAITING + MAX_READERS] != _NO_WAITERS:
+        self._q[_HEAD_Q] = self._seq
+        _fence()
+        if _WAITING.unpack_from(self._buf, _OFF_WAITING) != _NOBODY:
             self._ring_bells()
         return self._seq
 
@@ -211,9 +283,11 @@ class RingWriter(_RingBase):
         super().close()
 
     def unlink(self) -> None:
-        """Remove the segment and any bells left by readers that died."""
+        """Remove the segment and any bells left by readers that died. Owner only."""
         if self._seg is None:
             return
+        if not self._seg.owner:
+            raise SegmentError(f"{self._seg.path}: an attached producer may not unlink the ring")
         for i in range(MAX_READERS):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(bell_path(self._seg.path, i))
@@ -237,8 +311,8 @@ class RingReader(_RingBase):
         head = self.head()
         if start == "newest":
             self.cursor = head
-        elif start == "oldest":
-            self.cursor = max(0, head - self.capacity + 1)
+        elif start == "oldest":                # every record still in the ring
+            self.cursor = max(0, head - self.capacity)
         else:
             raise ValueError(f"start must be 'newest' or 'oldest', got {start!r}")
         if not readonly:
@@ -258,6 +332,7 @@ class RingReader(_RingBase):
             i = free[0]
             self._readers[i] = (os.getpid(), 1, self.cursor, 0, 0, name.encode()[:24])
             self.index = i
+            self._slot_q = (_OFF_READERS + 64 * i) >> 3      # word index of the slot
         finally:
             fcntl.flock(self._seg._fd, fcntl.LOCK_UN)
         self._bell = Bell(bell_path(self.path, i))
@@ -271,47 +346,57 @@ class RingReader(_RingBase):
         return self.head() - self.cursor
 
     def poll(self, max_records: int = 4096) -> ReadBatch:
-        """Copy out every record published since the cursor (up to ``max_records``)."""
+        """Copy out every record published since the cursor (up to ``max_records``).
+
+        ``records`` is this batch's own copy (a strided view of it: every slot's seq is
+        skipped); ``first_seq`` is the seq of ``records[0]``; ``lost`` counts the records
+        the producer overwrote before this reader could copy them.
+        """
         lost = 0
+        q, cap, stride, buf = self._q, self.capacity, self.stride, self._buf
         while True:
-            head = self.head()
-            oldest = head - self.capacity
-            if self.cursor < oldest:                       # lapped before we even looked
-                lost += oldest - self.cursor
-                self.cursor = oldest
-            n = min(head - self.cursor, max_records)
+            c = self.cursor
+            head = q[_HEAD_Q]
+            if c < head - cap:                         # lapped before we even looked
+                lost += head - cap - c
+                c = self.cursor = head - cap
+            n = min(head - c, max_records)
             if n <= 0:
-                return self._done(np.empty(0, dtype=self.dtype), lost, self.cursor)
-            seqs = np.arange(self.cursor, self.cursor + n, dtype=np.uint64)
-            idx = (seqs & np.uint64(self.mask)).astype(np.intp)
-            expected = 2 * seqs + 2
-            before = self._slots["seq"][idx]
-            records = self._slots["rec"][idx]              # fancy indexing: a copy
-            after = self._slots["seq"][idx]
-            ok = (before == expected) & (after == expected)
-            good = int(n if ok.all() else np.argmin(ok))   # length of the valid prefix
-            if good > 0:
-                first = self.cursor
-                self.cursor += good
-                return self._done(records[:good], lost, first)
-            # The very first slot failed. A newer seq there means the producer is already
-            # overwriting it: that record is lost to lapping, skip it and look again.
-            if int(after[0]) > int(expected[0]) or int(before[0]) > int(expected[0]):
-                lost += 1
-                self.cursor += 1
-                continue
-            return self._done(np.empty(0, dtype=self.dtype), lost, self.cursor)
+                return self._done(self._empty, lost, c)
+            i0 = c & self.mask
+            k = min(n, cap - i0)                       # slots before the wrap point
+            lo = _DATA_OFF + i0 * stride
+            raw = bytearray(buf[lo:lo + k * stride])   # one memcpy (two at the wrap)
+            if k < n:
+                raw += buf[_DATA_OFF:_DATA_OFF + (n - k) * stride]
+            # Only now re-read seqs (x86 keeps loads in order): if record c's slot is still
+            # intact, the producer has not started on any later one either.
+            if q[lo >> 3] == 2 * c + 2:
+                skip = 0
+            else:
+                seqs = np.arange(c, c + n, dtype=np.uint64)
+                live = self._seqs[(seqs & np.uint64(self.mask)).astype(np.intp)]
+                bad = np.flatnonzero(live != 2 * seqs + 2)
+                skip = int(bad[-1]) + 1                # overwritten ones come first
+                lost += skip
+                if skip == n:                          # all gone: look at head again
+                    self.cursor = c + n
+                    continue
+            self.cursor = c + n
+            records = np.ndarray((n - skip,), dtype=self.dtype, buffer=raw,
+                                 offset=skip * stride + 8, strides=(stride,))
+            return self._done(records, lost, c + skip)
 
     def _done(self, records: np.ndarray, lost: int, first: int) -> ReadBatch:
         if lost:
             self.lost_total += lost
             self.lapped_count += 1
-        if self.index >= 0:
-            r = self._readers[self.index]
-            r["cursor"] = self.cursor
+        if self.index >= 0:                            # for the inspector only
+            q, w = self._q, self._slot_q             # READER_DT words: cursor, lapped, lost
+            q[w + 1] = self.cursor
             if lost:
-                r["lost"] = self.lost_total
-                r["lapped"] = self.lapped_count
+                q[w + 2] = self.lapped_count
+                q[w + 3] = self.lost_total
         return ReadBatch(records, lost, first)
 
     def _spin(self) -> bool:
@@ -320,6 +405,9 @@ class RingReader(_RingBase):
             if self.head() > self.cursor:
                 return True
         return False
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else time.monotonic() + timeout
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until there is something to read. True if there is, False on timeout.
@@ -330,12 +418,18 @@ class RingReader(_RingBase):
         if self.head() > self.cursor or self._spin():
             return True
         bell = self._need_bell()
+        deadline = self._deadline(timeout)
         self._set_waiting(1)
         try:
-            if self.head() > self.cursor:      # published between the spin and the flag
-                return True
-            await bell.wait(timeout)
-            return self.head() > self.cursor
+            while True:
+                bell.drain()                   # old rings; a new one comes after this
+                _fence()                       # the flag is visible before head is read
+                if self.head() > self.cursor:  # (also: published since the spin)
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                await bell.wait(remaining)
         finally:
             self._set_waiting(0)
 
@@ -344,12 +438,18 @@ class RingReader(_RingBase):
         if self.head() > self.cursor or self._spin():
             return True
         bell = self._need_bell()
+        deadline = self._deadline(timeout)
         self._set_waiting(1)
         try:
-            if self.head() > self.cursor:
-                return True
-            bell.wait_blocking(timeout)
-            return self.head() > self.cursor
+            while True:
+                bell.drain()
+                _fence()
+                if self.head() > self.cursor:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                bell.wait_blocking(remaining)
         finally:
             self._set_waiting(0)
 

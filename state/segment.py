@@ -26,6 +26,7 @@ import errno
 import logging
 import mmap
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,12 @@ class Segment:
     def close(self) -> None:
         """Unmap and close the file. Idempotent. Does not unlink."""
         if self._buf is not None:
-            self._buf.release()
+            try:
+                self._buf.release()
+            except BufferError:
+                # A numpy view made from this memoryview is still alive (a caller kept a row).
+                # The memoryview goes with its last export; never fail close() over it.
+                log.warning("%s: buffer exports still alive at close", self.path)
             self._buf = None
         if self._mmap is not None:
             try:
@@ -275,6 +281,11 @@ def scan_segments(shm_dir: Path = SHM_DIR, run_id: str | None = None) -> list[Se
     """List noblink segments (read-only: reads headers with plain file reads, no mmap)."""
     out = []
     for p in sorted(Path(shm_dir).glob(f"{PREFIX}*")):
+        try:
+            if not stat.S_ISREG(p.stat().st_mode):
+                continue            # a reader's bell (FIFO): opening it would block
+        except FileNotFoundError:
+            continue
         rest = p.name[len(PREFIX):]
         rid, _, name = rest.partition("-")
         if run_id is not None and rid != run_id:

@@ -144,20 +144,22 @@ class TableWriter(_TableBase):
 
     def write(self, i: int, row: np.void | np.ndarray) -> None:
         """Replace row ``i`` as one atomic-to-readers update."""
-        s = int(self._seqs[i])
-        self._seqs[i] = s + 1
+        # `| 1`, not `+ 1`: on a torn row (odd seq, left by a killed predecessor) `+ 1` would
+        # make seq even *during* the write and odd after it, the exact opposite of the rule.
+        busy = int(self._seqs[i]) | 1
+        self._seqs[i] = busy
         self._data[i] = row
-        self._seqs[i] = s + 2
+        self._seqs[i] = busy + 1
 
     @contextmanager
     def update(self, i: int) -> Iterator[np.void]:
         """Edit row ``i`` in place; readers see either all of the edit or none of it."""
-        s = int(self._seqs[i])
-        self._seqs[i] = s + 1
+        busy = int(self._seqs[i]) | 1         # odd while editing, even torn row or not
+        self._seqs[i] = busy
         try:
             yield self._data[i]
         finally:
-            self._seqs[i] = s + 2
+            self._seqs[i] = busy + 1
 
     def unlink(self) -> None:
         if self._seg is not None:

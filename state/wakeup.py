@@ -39,34 +39,39 @@ class Bell:
         return self._fd
 
     def drain(self) -> None:
+        """Empty the FIFO. The sleeper calls it *before* its last look for data, never after
+        waking: a byte that arrives after that look must wake the sleep that follows it, and
+        draining after the wake-up would only put a syscall on the wake-up path."""
         try:
-            while os.read(self._fd, 4096):
+            while len(os.read(self._fd, 4096)) == 4096:   # a short read emptied it
                 pass
         except BlockingIOError:
             pass
 
     async def wait(self, timeout: float | None) -> bool:
-        """Sleep until rung or ``timeout`` seconds pass. True when rung."""
+        """Sleep until rung or ``timeout`` seconds pass. True when rung.
+
+        A plain future with a ``call_later`` timer, not ``asyncio.wait_for``: this is on the
+        wake-up path of every sleeping reader, and wait_for costs a task and more callbacks.
+        """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        fut: asyncio.Future[bool] = loop.create_future()
 
-        def _readable() -> None:
+        def _settle(rung: bool) -> None:
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(rung)
 
-        loop.add_reader(self._fd, _readable)
+        loop.add_reader(self._fd, _settle, True)
+        timer = None if timeout is None else loop.call_later(max(timeout, 0.0), _settle, False)
         try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             loop.remove_reader(self._fd)
-            self.drain()
 
     def wait_blocking(self, timeout: float | None) -> bool:
         ready, _, _ = select.select([self._fd], [], [], timeout)
-        self.drain()
         return bool(ready)
 
     def close(self) -> None:
@@ -85,20 +90,24 @@ class Ringer:
         self._fds: dict[Path, int] = {}
 
     def ring(self, path: Path) -> None:
-        fd = self._fds.get(path)
-        if fd is None:
+        # Two tries: a cached fd can point at the FIFO of a reader that has gone (EPIPE) while
+        # a new reader sleeps on a new FIFO under the same path; that one must hear this ring.
+        for _ in range(2):
+            fd = self._fds.get(path)
+            if fd is None:
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    return               # nobody listening there (yet, or any more)
+                self._fds[path] = fd
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                os.write(fd, b"\x01")
+                return
+            except BlockingIOError:
+                return                   # pipe full: that reader is awake already
             except OSError:
-                return                   # nobody listening there (yet, or any more)
-            self._fds[path] = fd
-        try:
-            os.write(fd, b"\x01")
-        except BlockingIOError:
-            pass                         # pipe full: that reader is awake already
-        except OSError:
-            os.close(fd)                 # reader gone; reopen on the next ring
-            del self._fds[path]
+                os.close(fd)             # stale: that reader is gone; reopen by path
+                del self._fds[path]
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -1,0 +1,30 @@
+import asyncio
+
+import pytest
+
+from core.clock import Clock, ManualClock
+
+
+def test_accelerated_clock_runs_at_speed_and_round_trips() -> None:
+    c = Clock(speed=60.0, wall_epoch=1000.0, sim_epoch=5000.0)
+    again = Clock.from_dict(c.to_dict())
+    assert again == c
+    assert c.to_wall_seconds(300) == pytest.approx(5.0)
+
+
+def test_two_processes_building_the_same_clock_agree() -> None:
+    a = Clock.accelerated(60.0)
+    b = Clock.from_dict(a.to_dict())
+    assert abs(a.now() - b.now()) < 1.0      # same function of the wall clock
+
+
+async def test_manual_clock_sleep_returns_only_when_advanced() -> None:
+    clock = ManualClock(start=100.0)
+    task = asyncio.create_task(clock.sleep(5.0))
+    await asyncio.sleep(0)
+    clock.advance(4.0)
+    await asyncio.sleep(0)
+    assert not task.done()
+    clock.advance(1.0)
+    await asyncio.wait_for(task, 1.0)
+    assert clock.now() == 105.0

@@ -1,0 +1,89 @@
+import sys
+
+import pytest
+
+from supervisor.workers import Child, ChildSpec, ChildState, RestartPolicy
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def exited_child(tmp_path, code: int, policy: RestartPolicy, now: FakeTime) -> Child:
+    c = Child(ChildSpec("t", lambda: ["-c", f"raise SystemExit({code})"], policy=policy),
+              tmp_path, now=now)
+    c.start()
+    assert c.wait(30)
+    assert c.poll() == code
+    return c
+
+
+def test_restart_backoff_grows_and_intensity_gives_up(tmp_path) -> None:
+    now = FakeTime()
+    policy = RestartPolicy(intensity=3, period=60.0, backoff_min=0.5, backoff_max=10.0)
+    c = exited_child(tmp_path, 1, policy, now)
+    delays = []
+    for _ in range(3):
+        assert c.plan_restart()
+        delays.append(c.next_start_at - now.t)
+        assert not c.due()
+        now.t = c.next_start_at
+        assert c.due()
+        c.start()
+        assert c.wait(30) and c.poll() == 1
+    assert delays == [0.5, 1.0, 2.0]
+    assert not c.plan_restart()
+    assert c.state == ChildState.FAILED
+
+
+def test_restarts_outside_the_period_are_forgiven(tmp_path) -> None:
+    now = FakeTime()
+    c = exited_child(tmp_path, 1, RestartPolicy(intensity=1, period=10.0), now)
+    assert c.plan_restart()
+    now.t = c.next_start_at
+    c.start()
+    assert c.wait(30) and c.poll() == 1
+    now.t += 11.0
+    assert c.plan_restart()
+
+
+def test_exit_code_4_means_broken_code_and_is_not_restarted(tmp_path) -> None:
+    c = exited_child(tmp_path, 4, RestartPolicy(), FakeTime())
+    assert not c.plan_restart()
+    assert c.state == ChildState.FAILED
+
+
+def test_terminate_then_kill_after_grace(tmp_path) -> None:
+    now = FakeTime()
+    code = "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+           "print('ready', flush=True); time.sleep(60)"
+    c = Child(ChildSpec("stubborn", lambda: ["-c", code], stop_grace=5.0), tmp_path, now=now)
+    c.start()
+    log = tmp_path / "stubborn.log"
+    import time
+    deadline = time.monotonic() + 30
+    while "ready" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    c.terminate()
+    assert not c.wait(0.3)              # ignores SIGTERM
+    c.enforce_stop()                    # grace not over yet: nothing happens
+    assert c.proc.poll() is None
+    now.t += 6.0
+    c.enforce_stop()
+    assert c.wait(30)
+    assert c.poll() == -9
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_child_argv_is_rebuilt_at_each_start(tmp_path) -> None:
+    n = iter(range(10))
+    c = Child(ChildSpec("argv", lambda: ["-c", f"raise SystemExit({next(n)})"]), tmp_path)
+    c.start()
+    assert c.wait(30) and c.poll() == 0
+    c.fsm.to(ChildState.STARTING)
+    c.start()
+    assert c.wait(30) and c.poll() == 1
