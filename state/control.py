@@ -150,6 +150,14 @@ class ControlBlock:
     def set_paused(self, paused: bool) -> None:
         self._buf[_OFF_FLAGS] = int(paused)
 
+    @property
+    def killed(self) -> bool:
+        """The kill switch: like pause, but meant to stay on until an operator clears it."""
+        return bool(self._buf[_OFF_FLAGS + 1])
+
+    def set_killed(self, killed: bool) -> None:
+        self._buf[_OFF_FLAGS + 1] = int(killed)
+
     # -- workers --------------------------------------------------------------------------
 
     def register(self, slot: WorkerSlot, role: WorkerRole, *, state: int = 0, lane: int = 0,

@@ -50,6 +50,7 @@ from supervisor.workers import Child, ChildSpec, ChildState
 log = logging.getLogger("supervisor")
 
 EXIT_ESCALATED = 3
+READY_STATES = {"feed": (3, 4), "position": (3,)}
 SNAPSHOT_FILE = "snapshot.bin"
 
 
@@ -259,9 +260,16 @@ class Supervisor:
             info = load_json(str(self.paths.sim_json))
             self.sim_clock = Clock.from_dict(info["clock"])
             return int(info.get("pid", 0)) == child.pid
-        slot = {"feed": WorkerSlot.FEED, "position": WorkerSlot.POSITION,
+        w = self.control.worker(self._slot(name))
+        if w["pid"] != child.pid:
+            return False
+        # feed: RUNNING(3) or DEGRADED(4), i.e. windows backfilled; position: RUNNING(3),
+        # i.e. journal replayed and reconciled; strategy: registered is enough.
+        return name == "strategy" or w["state"] in READY_STATES[name]
+
+    def _slot(self, name: str) -> WorkerSlot:
+        return {"feed": WorkerSlot.FEED, "position": WorkerSlot.POSITION,
                 "strategy": WorkerSlot.strategy(self.lane)}[name]
-        return self.control.worker(slot)["pid"] == child.pid
 
     def _wait_ready(self, child: Child) -> None:
         deadline = time.monotonic() + self.cfg.start_timeout

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from core.errors import NoblinkError
+from position_worker.stats import read_posstats
 from state.control import ControlBlock, WorkerSlot
 from state.inspect import row_dict
 from state.layout import FEED_STATS_DT, POSITION_STATS_DT
@@ -21,7 +22,8 @@ from state.run import RunPaths
 from state.table import TableReader
 from supervisor.workers import Child
 
-_STATS = {"feed": ("feedstats", FEED_STATS_DT), "positions": ("posstats", POSITION_STATS_DT)}
+_STATS = {"feed": ("feedstats", FEED_STATS_DT, row_dict),
+          "positions": ("posstats", POSITION_STATS_DT, read_posstats)}
 
 
 class StatusWriter:
@@ -31,7 +33,7 @@ class StatusWriter:
         self._tables: dict[str, TableReader] = {}
 
     def _stats(self, key: str) -> dict[str, Any] | None:
-        seg, dt = _STATS[key]
+        seg, dt, decode = _STATS[key]
         t = self._tables.get(key)
         if t is None:
             try:
@@ -39,7 +41,7 @@ class StatusWriter:
             except (NoblinkError, OSError):
                 return None
         try:
-            return row_dict(t.read(0))
+            return decode(t.read(0))
         except NoblinkError:
             return None
 

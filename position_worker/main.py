@@ -1,0 +1,281 @@
+"""``python -m position_worker --run-dir DIR [--mode sim|paper|live] [--live] ...``
+
+Start-up, in order: attach the control block and register; create/adopt the intent rings and
+the positions/posstats tables; open the journal; rebuild shared memory from the journal; start
+the executor (retrying while the venue is unreachable); recover (resume unsent orders, look up
+unacknowledged ones, reconcile); then run. Shut-down is the mirror image, and lets in-flight
+orders reach a journaled reply first.
+
+Loops while running: intake (both intent lanes, decisions serialised), settlement, lookups +
+reconciliation, and the heartbeat (every 0.25 s wall, also during start-up and recovery).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from core.clock import Clock
+from core.config import Endpoints
+from core.errors import NoblinkError, OperatorError, RetryableError
+from core.proc import install_stop_signals, run_async, setup_logging
+from position_worker.credentials import Credentials, load_live
+from position_worker.engine import Engine, EngineConfig
+from position_worker.executors.base import Executor
+from position_worker.faults import CRASH_POINTS, CrashPoints
+from position_worker.gamma import GammaClient
+from position_worker.intents import IntentSource
+from position_worker.journal import Journal
+from position_worker.lifecycle import Lifecycle, WorkerState
+from position_worker.markets import MarketsView
+from position_worker.positions import PositionStore
+from position_worker.risk import RiskConfig
+from state.control import ControlBlock, WorkerSlot
+from state.layout import WorkerRole
+from state.run import RunPaths
+
+log = logging.getLogger("position_worker")
+EXIT_OPERATOR = 3          # "do not restart me": needs a human (credentials, layout, flags)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="position_worker", description=__doc__.split("\n")[0])
+    ap.add_argument("--run-dir", type=Path, required=True)
+    ap.add_argument("--mode", choices=("sim", "paper", "live"), default="sim")
+    ap.add_argument("--live", action="store_true",
+                    help="required, with --mode live, to trade real money")
+    ap.add_argument("--secret-file", type=Path, default=None,
+                    help="live credentials (JSON, mode 0600); default: the environment")
+    ap.add_argument("--stake", type=float, default=RiskConfig.stake)
+    ap.add_argument("--max-open", type=int, default=RiskConfig.max_open)
+    ap.add_argument("--max-exposure", type=float, default=RiskConfig.max_exposure)
+    ap.add_argument("--daily-loss-limit", type=float, default=RiskConfig.daily_loss_limit)
+    ap.add_argument("--min-order-size", type=float, default=RiskConfig.min_order_size)
+    ap.add_argument("--max-book-age", type=float, default=RiskConfig.max_book_age_s,
+                    help="wall seconds a scanned book stays usable")
+    ap.add_argument("--lookup-grace", type=float, default=EngineConfig.lookup_grace_s,
+                    help="clock seconds after a window's end before an unseen order fails")
+    ap.add_argument("--settle-every", type=float, default=1.0, help="wall seconds")
+    ap.add_argument("--reconcile-every", type=float, default=15.0, help="wall seconds")
+    ap.add_argument("--crash-at", choices=CRASH_POINTS,
+                    default=os.environ.get("NOBLINK_POSITION_CRASH_AT") or None,
+                    help=argparse.SUPPRESS)     # tests only: SIGKILL self at that point
+    ap.add_argument("--unlink-on-exit", action="store_true",
+                    help="remove this worker's segments on a clean, final stop")
+    ap.add_argument("--log-level", default=None)
+    return ap.parse_args(argv)
+
+
+@dataclass
+class Venue:
+    endpoints: Endpoints
+    clock: Clock
+    creds: Credentials | None
+
+
+def resolve_venue(args: argparse.Namespace, paths: RunPaths) -> Venue:
+    """Endpoints, clock and credentials for the mode. Refuses live without --live."""
+    if args.mode == "live":
+        if not args.live:
+            raise OperatorError("--mode live trades real money and needs --live as well")
+        return Venue(Endpoints.production(), Clock.real(), load_live(args.secret_file))
+    if args.live:
+        raise OperatorError("--live is only meaningful with --mode live")
+    if paths.sim_json.exists():
+        # sim, or paper trading on the sim's data: the sim's endpoints and its clock
+        info = orjson.loads(paths.sim_json.read_bytes())
+        return Venue(Endpoints.from_sim_info(info), Clock.from_dict(info["clock"]),
+                     Credentials.sim_throwaway(paths.run_id) if args.mode == "sim" else None)
+    if args.mode == "sim":
+        raise OperatorError(f"--mode sim needs {paths.sim_json} (start the sim first)")
+    return Venue(Endpoints.production(), Clock.real(), None)
+
+
+def build_executor(args: argparse.Namespace, venue: Venue, markets: MarketsView,
+                   paths: RunPaths) -> Executor:
+    if args.mode == "paper":
+        from position_worker.executors.paper import PaperExecutor
+        return PaperExecutor(markets, paths.run_dir / "paper_venue.sqlite")
+    from position_worker.executors.clob import ClobExecutor
+    assert venue.creds is not None
+    return ClobExecutor(venue.endpoints.clob, venue.creds)
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.life = Lifecycle()
+        self.stop = asyncio.Event()
+        self._stack = contextlib.ExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._clean = False          # set only after an orderly stop: may unlink then
+
+    async def _wait_stop(self, wall_s: float) -> bool:
+        """Sleep ``wall_s`` or until stop; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), wall_s)
+        return self.stop.is_set()
+
+    def _loop(self, name: str, every_s: float, body: Callable[[], Awaitable[object]]) -> None:
+        async def run() -> None:
+            while not await self._wait_stop(every_s):
+                try:
+                    await body()
+                except RetryableError as e:
+                    log.warning("%s: %s", name, e)
+                except OperatorError:
+                    raise
+                except Exception:
+                    log.exception("%s failed; continuing", name)
+        self._tasks.append(asyncio.ensure_future(run()))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.control.heartbeat(WorkerSlot.POSITION, self.clock.monotonic_ns(),
+                                   state=int(self.life.state))
+            if self.life.state == WorkerState.RUNNING:
+                self.engine.publish_if_paused_changed()
+            if await self._wait_stop(0.25):
+                return
+
+    async def run(self) -> int:
+        args = self.args
+        install_stop_signals(self.stop)
+        paths, _doc = RunPaths.load(args.run_dir)
+        venue = resolve_venue(args, paths)
+        self.clock = venue.clock
+        self.control = ControlBlock.attach(paths.seg("control"))
+        self._stack.callback(self.control.close)
+        self.control.register(WorkerSlot.POSITION, WorkerRole.POSITION,
+                              state=int(self.life.state), label=f"position-{args.mode}",
+                              now_ns=self.clock.monotonic_ns())
+        hb = asyncio.ensure_future(self._heartbeat())
+        try:
+            return await self._run(paths, venue)
+        except BaseException:
+            if self.life.state not in (WorkerState.STOPPED, WorkerState.FAILED):
+                self.life.to(WorkerState.FAILED, "error")
+            raise
+        finally:
+            self.stop.set()
+            await asyncio.gather(hb, return_exceptions=True)
+            self.control.heartbeat(WorkerSlot.POSITION, self.clock.monotonic_ns(),
+                                   state=int(self.life.state))
+            self._stack.close()
+
+    async def _run(self, paths: RunPaths, venue: Venue) -> int:
+        args = self.args
+        unlink = args.unlink_on_exit
+        source = IntentSource(paths)
+        self._stack.callback(lambda: source.close(unlink=unlink and self._clean))
+        store = PositionStore(paths)
+        self._stack.callback(lambda: store.close(unlink=unlink and self._clean))
+        journal = Journal(paths.journal)
+        self._stack.callback(journal.close)
+        markets = MarketsView(paths)
+        self._stack.callback(markets.close)
+        executor = build_executor(args, venue, markets, paths)
+        gamma = GammaClient(venue.endpoints.gamma)
+        risk = RiskConfig(stake=args.stake, max_open=args.max_open,
+                          max_exposure=args.max_exposure,
+                          daily_loss_limit=args.daily_loss_limit,
+                          min_order_size=args.min_order_size, max_book_age_s=args.max_book_age)
+        self.engine = engine = Engine(
+            journal=journal, store=store, executor=executor, markets=markets, gamma=gamma,
+            control=self.control, clock=self.clock,
+            cfg=EngineConfig(risk=risk, lookup_grace_s=args.lookup_grace),
+            crash=CrashPoints(args.crash_at))
+        try:
+            self.life.to(WorkerState.RECOVERING)
+            engine.load()
+            self._resume_lanes(source, journal, engine)
+            if not await self._start_executor(executor):
+                return self._stopped()
+            await engine.recover()
+            self.life.to(WorkerState.RUNNING, f"mode {args.mode}, {executor.name} executor")
+            self._loop("settle", args.settle_every, engine.settle_due)
+            self._loop("reconcile", args.reconcile_every, self._reconcile)
+            self._loop("lookups", max(0.5, min(args.reconcile_every, 2.0)),
+                       engine.resolve_pending)
+            await self._intake(source, engine)
+            self.life.to(WorkerState.STOPPING, "stop requested")
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await engine.drain(10.0)
+            self._clean = True
+            return self._stopped()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await executor.close()
+            await gamma.close()
+
+    def _stopped(self) -> int:
+        if self.life.state != WorkerState.STOPPING:
+            self.life.to(WorkerState.STOPPING)
+        self.life.to(WorkerState.STOPPED)
+        return 0
+
+    async def _reconcile(self) -> None:
+        await self.engine.resolve_pending()
+        await self.engine.reconcile()
+
+    def _resume_lanes(self, source: IntentSource, journal: Journal, engine: Engine) -> None:
+        """Start each lane after the last intent journaled from that very ring."""
+        for lane in source.readers:
+            ring_id = source.identity(lane)
+            engine.ring_ids[lane] = ring_id
+            saved = journal.lane_cursor(lane)
+            if saved is not None and saved[0] == ring_id:
+                source.resume(lane, saved[1])
+                log.info("lane %d: resuming at seq %d", lane, source.readers[lane].cursor)
+
+    async def _start_executor(self, executor: Executor) -> bool:
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                await executor.start()
+                return True
+            except RetryableError as e:
+                log.warning("executor not ready: %s (retrying in %.1fs)", e, delay)
+            except OSError as e:
+                log.warning("executor not ready: %s (retrying in %.1fs)", e, delay)
+            if await self._wait_stop(delay):
+                break
+            delay = min(delay * 2, 10.0)
+        return False
+
+    async def _intake(self, source: IntentSource, engine: Engine) -> None:
+        lost = 0
+        while not self.stop.is_set():
+            await source.wait(0.25)
+            for it in source.poll():
+                order = engine.decide(it)
+                if order is not None:
+                    engine.launch(order)
+            if source.lost() != lost:
+                log.error("intent rings lapped: %d intents lost", source.lost() - lost)
+                lost = source.lost()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)     # one INFO line per request
+    try:
+        return run_async(Worker(args).run)
+    except OperatorError as e:
+        log.error("position worker needs an operator: %s", e)
+        return EXIT_OPERATOR
+    except NoblinkError as e:
+        log.error("position worker failed: %s", e)
+        return 1

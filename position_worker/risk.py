@@ -1,0 +1,88 @@
+"""Risk checks, run on every accepted-so-far intent before any order exists.
+
+Each check is a pure function of the intent, the slot's scanned market, the open book and
+the configuration, so every limit can be tested without an exchange.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from position_worker.intents import Intent
+from position_worker.markets import MarketQuote
+from position_worker.reasons import RejectReason
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    stake: float = 5.0                # the fixed stake, $
+    max_open: int = 16                # positions pending or open at once
+    max_exposure: float = 80.0        # $ in pending + open positions, including this one
+    daily_loss_limit: float = 50.0    # stop when today's realised PnL <= -limit
+    min_order_size: float = 5.0       # shares (Polymarket's minimum)
+    max_book_age_s: float = 20.0      # wall seconds since the scanner wrote the row
+    stake_tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
+class Book:
+    """What is at risk now: positions whose exposure is pending or open."""
+
+    open_count: int
+    exposure: float
+    realized_today: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: RejectReason | None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+OK = Verdict(None)
+
+
+def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, paused: bool,
+          now_s: float, now_mono_ns: int) -> Verdict:
+    """The first failed limit, in a fixed order (cheapest and most fundamental first)."""
+    if paused:
+        return Verdict(RejectReason.PAUSED, "pause/kill switch is set")
+    if abs(it.stake - cfg.stake) > cfg.stake_tolerance:
+        return Verdict(RejectReason.STAKE, f"stake {it.stake} != fixed stake {cfg.stake}")
+    if book.realized_today <= -cfg.daily_loss_limit:
+        return Verdict(RejectReason.DAILY_LOSS,
+                       f"realised today {book.realized_today:.2f} <= -{cfg.daily_loss_limit}")
+    if book.open_count >= cfg.max_open:
+        return Verdict(RejectReason.MAX_OPEN, f"{book.open_count} open >= {cfg.max_open}")
+    if book.exposure + cfg.stake > cfg.max_exposure + 1e-9:
+        return Verdict(RejectReason.MAX_EXPOSURE,
+                       f"exposure {book.exposure:.2f} + {cfg.stake} > {cfg.max_exposure}")
+    if q is None or not q.ok:
+        return Verdict(RejectReason.NOT_ACCEPTING,
+                       "no scanned market" if q is None else f"slot status {q.status}")
+    if q.window_start != it.window_start or q.slug != it.slug:
+        return Verdict(RejectReason.MARKET_MISMATCH,
+                       f"intent {it.slug}@{it.window_start} vs market {q.slug}@{q.window_start}")
+    if not q.accepting:
+        return Verdict(RejectReason.NOT_ACCEPTING, "market is not accepting orders")
+    if now_s >= q.end_ts:
+        return Verdict(RejectReason.NOT_ACCEPTING, f"window ended at {q.end_ts}")
+    age_s = (now_mono_ns - q.updated_ns) / 1e9
+    if q.updated_ns <= 0 or age_s > cfg.max_book_age_s:
+        return Verdict(RejectReason.STALE_BOOK, f"book is {age_s:.1f}s old")
+    ask, _size = q.ask(it.outcome)
+    if not (math.isfinite(ask) and 0.0 < ask < 1.0):
+        return Verdict(RejectReason.NO_BOOK, f"no ask ({ask})")
+    if ask > it.max_price + 1e-9:
+        return Verdict(RejectReason.PRICE_ABOVE_MAX, f"ask {ask} > max {it.max_price}")
+    # The order may fill anywhere up to max_price, so the worst case buys the fewest shares.
+    worst_shares = cfg.stake / it.max_price
+    if worst_shares < cfg.min_order_size:
+        return Verdict(RejectReason.MIN_SIZE,
+                       f"{worst_shares:.2f} shares < minimum {cfg.min_order_size}")
+    return OK

@@ -1,0 +1,136 @@
+"""Test doubles: a scripted venue, a scripted Gamma, and a markets table played by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.markets import N_SLOTS, SLOTS
+from position_worker.executors.base import (
+    Executor,
+    OrderRequest,
+    OrderResult,
+    OrderStatus,
+    Prepared,
+    SendUncertain,
+    taker_fee,
+)
+from position_worker.gamma import Resolution
+from position_worker.journal import Fill, OrderRow
+from state.layout import MARKET_DT, SlotStatus
+from state.run import RunPaths
+from state.table import TableWriter
+
+
+def up_token(slot: int, ws: int) -> str:
+    return f"{slot}{ws}1"
+
+
+def down_token(slot: int, ws: int) -> str:
+    return f"{slot}{ws}2"
+
+
+class MarketTable:
+    """Plays the feed worker: owns the "markets" table and writes slot rows."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.w = TableWriter(paths.seg("markets"), MARKET_DT, N_SLOTS, name="markets")
+
+    def set(self, slot: int, window_start: int, *, up_ask: float = 0.55, down_ask: float = 0.47,
+            size: float = 500.0, accepting: bool = True, status: int = SlotStatus.OK,
+            updated_ns: int | None = None, slug: str | None = None) -> None:
+        s = SLOTS[slot]
+        r = np.zeros((), dtype=MARKET_DT)
+        r["slot"] = slot
+        r["status"] = status
+        r["accepting"] = int(accepting)
+        r["window_s"] = s.window_s
+        r["window_start"] = window_start
+        r["end_ts"] = window_start + s.window_s
+        r["slug"] = (slug or s.slug(window_start)).encode()
+        r["condition_id"] = f"0xcond{slot}-{window_start}".encode()
+        r["up_token"] = up_token(slot, window_start).encode()
+        r["down_token"] = down_token(slot, window_start).encode()
+        r["up_ask"], r["up_ask_size"] = up_ask, size
+        r["down_ask"], r["down_ask_size"] = down_ask, size
+        r["up_bid"], r["down_bid"] = up_ask - 0.02, down_ask - 0.02
+        r["updated_ns"] = time.monotonic_ns() if updated_ns is None else updated_ns
+        self.w.write(slot, r)
+
+    def close(self) -> None:
+        self.w.unlink()
+        self.w.close()
+
+
+@dataclass
+class FakeVenue(Executor):
+    """Fills every order at its token's scripted price unless told otherwise.
+
+    ``mode``: "fill" | "reject" | "uncertain_sent" (the venue fills it, the reply is lost) |
+    "uncertain_unsent" (the request never arrived).
+    """
+
+    price: float = 0.5
+    mode: str = "fill"
+    placed: list[Prepared] = field(default_factory=list)
+    orders: dict[str, OrderResult] = field(default_factory=dict)    # by token
+    prepared: int = 0
+    name: str = "fake"
+    gate: asyncio.Event | None = None        # when set, place() waits for it (a slow reply)
+
+    async def prepare(self, req: OrderRequest) -> Prepared:
+        self.prepared += 1
+        return Prepared(req, f"0xid-{req.client_key}", {"token": req.token,
+                                                        "metadata": req.metadata})
+
+    def _fill(self, p: Prepared) -> OrderResult:
+        shares = round(p.request.stake / self.price, 2)
+        res = OrderResult(OrderStatus.FILLED, p.order_id,
+                          [Fill(f"t-{p.order_id}", self.price, shares,
+                                taker_fee(shares, self.price))])
+        self.orders[p.request.token] = res
+        return res
+
+    async def place(self, p: Prepared) -> OrderResult:
+        self.placed.append(p)
+        if self.gate is not None:
+            self._fill(p)                        # the venue has it at once...
+            await self.gate.wait()               # ... the reply is slow
+        if self.mode == "reject":
+            return OrderResult(OrderStatus.REJECTED, p.order_id, error="no liquidity")
+        if self.mode == "uncertain_unsent":
+            raise SendUncertain("connection reset")
+        res = self._fill(p)
+        if self.mode == "uncertain_sent":
+            raise SendUncertain("timeout")
+        return res
+
+    async def lookup(self, o: OrderRow) -> OrderResult:
+        return self.orders.get(o.token) or OrderResult(OrderStatus.NOT_FOUND, o.order_id)
+
+    async def open_orders(self) -> list[dict]:
+        return []
+
+    async def trades(self, after: int | None = None) -> list[dict]:
+        return [{"id": r.fills[0].trade_id, "asset_id": tok, "side": "BUY",
+                 "price": r.fills[0].price, "size": r.shares}
+                for tok, r in self.orders.items() if r.fills]
+
+
+class FakeGamma:
+    def __init__(self) -> None:
+        self.resolved: dict[str, str] = {}      # slug -> "up" | "down"
+        self.calls = 0
+
+    async def resolution(self, slug: str) -> Resolution | None:
+        self.calls += 1
+        w = self.resolved.get(slug)
+        if w is None:
+            return None
+        return Resolution(slug, {"up": float(w == "up"), "down": float(w == "down")})
+
+    async def close(self) -> None:
+        return None

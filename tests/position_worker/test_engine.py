@@ -1,0 +1,415 @@
+"""The engine against a scripted venue: decisions, limits, fills, settlement, recovery."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from core.clock import ManualClock
+from core.markets import SLOTS
+from position_worker.engine import Engine, EngineConfig
+from position_worker.executors.base import OrderRequest, OrderResult, OrderStatus
+from position_worker.intents import Intent
+from position_worker.journal import Fill, Journal, OrderState
+from position_worker.keys import client_key, order_metadata
+from position_worker.markets import MarketsView
+from position_worker.positions import PositionStore
+from position_worker.reasons import RejectReason
+from position_worker.risk import RiskConfig
+from position_worker.stats import read_posstats
+from state.control import ControlBlock
+from state.layout import POSITION_DT, POSITION_STATS_DT, Outcome, PositionState
+from state.run import RunPaths
+from state.table import TableReader
+from tests.position_worker.fakes import FakeGamma, FakeVenue, MarketTable
+
+T0 = 1_700_000_100            # aligned to 300 s and 900 s
+EPOCH = 7
+
+
+def intent(slot: int = 0, ws: int = T0, *, epoch: int = EPOCH, outcome: int = Outcome.UP,
+           stake: float = 5.0, max_price: float = 0.6, seq: int = 0, lane: int = 0,
+           slug: str | None = None) -> Intent:
+    return Intent(lane=lane, seq=seq, epoch=epoch, intent_id=seq, created_ns=0, slot=slot,
+                  outcome=outcome, window_start=ws, stake=stake, max_price=max_price,
+                  slug=slug or (SLOTS[slot].slug(ws) if slot < len(SLOTS) else "x"),
+                  reason="test")
+
+
+@dataclass
+class Rig:
+    paths: RunPaths
+    control: ControlBlock
+    markets: MarketTable
+    clock: RigClock
+    venue: FakeVenue
+    gamma: FakeGamma
+    journal: Journal
+    store: PositionStore
+    view: MarketsView
+    engine: Engine
+
+    def restart(self, **cfg: object) -> Engine:
+        """A new engine on the same journal and segments: what a restarted worker builds."""
+        self.journal.close()
+        self.store.close()
+        self.journal = Journal(self.paths.journal)
+        self.store = PositionStore(self.paths)
+        self.engine = make_engine(self, **cfg)
+        self.engine.load()
+        return self.engine
+
+    def positions(self) -> dict[str, int]:
+        t = TableReader(self.paths.seg("positions"), POSITION_DT)
+        try:
+            rows = t.read_all()
+        finally:
+            t.close()
+        return {bytes(r["client_key"]).rstrip(b"\0").decode(): int(r["state"])
+                for r in rows if r["state"]}
+
+    def posstats(self) -> dict:
+        t = TableReader(self.paths.seg("posstats"), POSITION_STATS_DT)
+        try:
+            return read_posstats(t.read(0))
+        finally:
+            t.close()
+
+
+def make_engine(rig: Rig, **cfg: object) -> Engine:
+    risk = RiskConfig(**{k: v for k, v in cfg.items() if k in RiskConfig.__dataclass_fields__})
+    ecfg = EngineConfig(risk=risk, lookup_grace_s=float(cfg.get("grace", 60.0)))
+    return Engine(journal=rig.journal, store=rig.store, executor=rig.venue, markets=rig.view,
+                  gamma=rig.gamma, control=rig.control, clock=rig.clock, cfg=ecfg)
+
+
+class RigClock(ManualClock):
+    """Manual market time; real monotonic time (the scanner stamps rows with it)."""
+
+    def monotonic_ns(self) -> int:
+        return time.monotonic_ns()
+
+
+@pytest.fixture
+def rig(run_paths: RunPaths, control: ControlBlock, markets: MarketTable):
+    clock = RigClock(start=T0 + 10)
+    control.set_active_epoch(EPOCH)
+    r = Rig(run_paths, control, markets, clock, FakeVenue(), FakeGamma(),
+            Journal(run_paths.journal), PositionStore(run_paths), MarketsView(run_paths),
+            engine=None)  # type: ignore[arg-type]
+    r.engine = make_engine(r)
+    r.engine.load()
+    yield r
+    r.view.close()
+    r.journal.close()
+    r.store.close(unlink=True)
+
+
+def rejected(rig: Rig) -> dict[str, int]:
+    return rig.engine.stats().rejected
+
+
+async def test_intent_order_fill_settlement_pnl(rig: Rig) -> None:
+    rig.markets.set(0, T0, up_ask=0.5)
+    rig.venue.price = 0.5
+    o = rig.engine.decide(intent())
+    assert o is not None and o.state == OrderState.NEW
+    assert rig.positions() == {o.client_key: PositionState.PENDING}
+    await rig.engine.execute(o)
+    assert o.state == OrderState.FILLED
+    assert o.shares == pytest.approx(10.0) and o.cost == pytest.approx(5.0)
+    assert o.fees == pytest.approx(10 * 0.07 * 0.25)
+    assert rig.positions() == {o.client_key: PositionState.OPEN}
+    assert rig.posstats()["exposure"] == pytest.approx(5.0)
+
+    # not settled before the window ends, nor before the market resolves
+    assert await rig.engine.settle_due() == 0
+    rig.clock.advance(300)
+    assert await rig.engine.settle_due() == 0
+    rig.gamma.resolved[o.slug] = "up"
+    rig.engine.settler.next_try.clear()
+    assert await rig.engine.settle_due() == 1
+    assert o.state == OrderState.SETTLED
+    assert o.pnl == pytest.approx(10.0 - 5.0 - 0.175)
+    assert rig.positions() == {o.client_key: PositionState.SETTLED}
+    st = rig.posstats()
+    assert st["settled"] == 1 and st["wins"] == 1 and st["losses"] == 0
+    assert st["streak"] == 1 and st["win_rate_all"] == 1.0 and st["win_rate_100"] == 1.0
+    assert st["pnl"] == pytest.approx(4.825) and st["fees"] == pytest.approx(0.175)
+    assert st["open_positions"] == 0 and st["exposure"] == 0.0
+
+    # a losing one: streak flips, totals add up
+    ws2 = T0 + 300
+    rig.markets.set(0, ws2, up_ask=0.5)
+    o2 = rig.engine.decide(intent(ws=ws2, seq=1))
+    assert o2 is not None
+    await rig.engine.execute(o2)
+    rig.clock.advance(300)
+    rig.gamma.resolved[o2.slug] = "down"
+    assert await rig.engine.settle_due() == 1
+    st = rig.posstats()
+    assert st["wins"] == 1 and st["losses"] == 1 and st["streak"] == -1
+    assert st["win_rate_all"] == 0.5
+    assert st["pnl"] == pytest.approx(4.825 - 5.175)
+    assert rig.journal.settlements()[1]["win"] == 0
+
+
+async def test_stale_epoch_is_rejected(rig: Rig) -> None:
+    rig.markets.set(0, T0)
+    assert rig.engine.decide(intent(epoch=EPOCH - 1)) is None
+    rig.control.set_active_epoch(0)                         # nobody may trade
+    assert rig.engine.decide(intent(epoch=EPOCH, seq=1)) is None
+    assert rejected(rig) == {"STALE_EPOCH": 2}
+    assert rig.venue.prepared == 0
+    assert rig.posstats()["rejected"] == {"STALE_EPOCH": 2}
+    rig.control.set_active_epoch(EPOCH)
+    assert rig.engine.decide(intent(seq=2)) is not None
+
+
+async def test_same_intent_twice_gives_one_order(rig: Rig) -> None:
+    rig.markets.set(0, T0)
+    first = rig.engine.decide(intent(seq=0))
+    second = rig.engine.decide(intent(seq=1, lane=1))      # even from the other lane
+    assert first is not None and second is None
+    await rig.engine.execute(first)
+    assert rig.engine.decide(intent(seq=2, outcome=Outcome.DOWN)) is None   # even after a fill
+    assert len(rig.venue.placed) == 1
+    assert rejected(rig) == {"DUPLICATE": 2}
+    assert rig.journal.intent_count() == 3
+
+
+async def test_pause_blocks_new_orders(rig: Rig) -> None:
+    rig.markets.set(0, T0)
+    rig.control.set_paused(True)
+    assert rig.engine.decide(intent()) is None
+    assert rejected(rig) == {"PAUSED": 1}
+    rig.engine.publish_if_paused_changed()
+    assert rig.posstats()["paused"] == 1
+    rig.control.set_paused(False)
+    assert rig.engine.decide(intent(seq=1)) is not None
+
+
+@pytest.mark.parametrize(("cfg", "n_ok", "reason"), [
+    ({"max_open": 2}, 2, "MAX_OPEN"),
+    ({"max_exposure": 12.0}, 2, "MAX_EXPOSURE"),
+])
+async def test_position_limits(rig: Rig, cfg: dict, n_ok: int, reason: str) -> None:
+    eng = rig.restart(**cfg)
+    for slot in range(4):
+        rig.markets.set(slot, T0)
+    results = [eng.decide(intent(slot=s, seq=s)) for s in range(4)]
+    assert [r is not None for r in results] == [True] * n_ok + [False] * (4 - n_ok)
+    assert rejected(rig) == {reason: 4 - n_ok}
+    # a failed order frees its room
+    rig.venue.mode = "reject"
+    await eng.execute(results[0])
+    assert results[0].state == OrderState.REJECTED
+    assert rig.positions()[results[0].client_key] == PositionState.FAILED
+    assert eng.decide(intent(slot=3, seq=9)) is not None
+
+
+async def test_daily_loss_limit(rig: Rig) -> None:
+    eng = rig.restart(daily_loss_limit=4.0)
+    rig.markets.set(0, T0)
+    o = eng.decide(intent())
+    await eng.execute(o)
+    rig.clock.advance(300)
+    rig.gamma.resolved[o.slug] = "down"
+    await eng.settle_due()
+    assert o.pnl < -4.0
+    rig.markets.set(0, T0 + 300)
+    assert eng.decide(intent(ws=T0 + 300, seq=1)) is None
+    assert rejected(rig) == {"DAILY_LOSS": 1}
+    rig.clock.advance(86_400)                # a new (UTC) day resets the limit
+    ws = SLOTS[0].window_start(rig.clock.now())
+    rig.markets.set(0, ws)
+    assert eng.decide(intent(ws=ws, seq=2)) is not None
+
+
+async def test_market_and_price_checks(rig: Rig) -> None:
+    eng = rig.engine
+    cases = []
+    rig.markets.set(0, T0, up_ask=0.70)
+    cases.append((intent(slot=0, max_price=0.6), RejectReason.PRICE_ABOVE_MAX))
+    rig.markets.set(1, T0, accepting=False)
+    cases.append((intent(slot=1), RejectReason.NOT_ACCEPTING))
+    rig.markets.set(2, T0 - 300)                       # the scanner still shows the old window
+    cases.append((intent(slot=2), RejectReason.MARKET_MISMATCH))
+    rig.markets.set(3, T0, updated_ns=time.monotonic_ns() - 60 * 10**9)
+    cases.append((intent(slot=3), RejectReason.STALE_BOOK))
+    rig.markets.set(4, T0, up_ask=0.0)
+    cases.append((intent(slot=4), RejectReason.NO_BOOK))
+    rig.markets.set(5, T0)
+    cases.append((intent(slot=5, stake=50.0), RejectReason.STAKE))
+    cases.append((intent(slot=99), RejectReason.BAD_INTENT))
+    cases.append((intent(slot=6), RejectReason.NOT_ACCEPTING))      # no row for slot 6
+    for i, (it, _) in enumerate(cases):
+        assert eng.decide(it.__class__(**{**it.__dict__, "seq": i})) is None
+    want: dict[str, int] = {}
+    for _, r in cases:
+        want[r.name] = want.get(r.name, 0) + 1
+    assert rejected(rig) == want
+    assert rig.venue.prepared == 0
+    # every rejection is journaled with its reason and a detail
+    rows = rig.journal.db.execute("SELECT reject_reason, detail FROM intents").fetchall()
+    assert len(rows) == len(cases) and all(r[1] for r in rows)
+
+
+async def test_window_over_and_min_size(rig: Rig) -> None:
+    rig.markets.set(0, T0)
+    rig.clock.advance(300)
+    assert rig.engine.decide(intent()) is None
+    eng = rig.restart(stake=2.0, min_order_size=5.0)
+    rig.markets.set(1, SLOTS[1].window_start(rig.clock.now()), up_ask=0.5)
+    assert eng.decide(intent(slot=1, ws=SLOTS[1].window_start(rig.clock.now()), stake=2.0,
+                             max_price=0.6, seq=1)) is None
+    assert rejected(rig) == {"NOT_ACCEPTING": 1, "MIN_SIZE": 1}
+
+
+async def test_sent_order_is_looked_up_not_resent(rig: Rig) -> None:
+    """Crash after sending, before the reply: restart finds the fill, never re-sends."""
+    rig.markets.set(0, T0)
+    rig.venue.mode = "uncertain_sent"              # the venue fills; the reply never comes
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    assert o.state == OrderState.UNKNOWN
+    assert rig.positions()[o.client_key] == PositionState.PENDING
+    eng = rig.restart()
+    await eng.recover()
+    o2 = rig.journal.order(o.client_key)
+    assert o2.state == OrderState.FILLED and o2.shares > 0
+    assert len(rig.venue.placed) == 1
+    assert rig.positions()[o.client_key] == PositionState.OPEN
+    kinds = [e["kind"] for e in rig.journal.events(o.client_key)]
+    assert kinds[:2] == ["request", "send_uncertain"] and "lookup" in kinds
+
+
+async def test_unsent_order_fails_after_grace(rig: Rig) -> None:
+    """Journaled SENDING, never arrived: reported, kept as exposure, failed after the grace."""
+    rig.markets.set(0, T0)
+    rig.venue.mode = "uncertain_unsent"
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    eng = rig.restart(grace=30.0)
+    await eng.recover()
+    assert rig.journal.order(o.client_key).state == OrderState.UNKNOWN
+    assert eng.stats().exposure == pytest.approx(5.0)      # counted until its fate is known
+    rig.clock.advance(300 + 31)
+    await eng.resolve_pending()
+    assert rig.journal.order(o.client_key).state == OrderState.FAILED
+    assert rig.positions()[o.client_key] == PositionState.FAILED
+    assert len(rig.venue.placed) == 1
+    assert eng.stats().exposure == 0.0
+
+
+async def test_sending_row_left_by_crash(rig: Rig) -> None:
+    """The journal says SENDING (the reply never got journaled); the venue has the fill."""
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    p = await rig.venue.prepare(OrderRequest.from_order(o, order_metadata(0, T0)))
+    with rig.journal.transaction():
+        rig.journal.update_order(o, OrderState.SENDING, order_id=p.order_id)
+    rig.venue._fill(p)                      # the exchange got it before the "crash"
+    eng = rig.restart()
+    assert rig.positions()[o.client_key] == PositionState.PENDING   # rebuilt from the journal
+    await eng.recover()
+    assert rig.journal.order(o.client_key).state == OrderState.FILLED
+    assert rig.venue.placed == []                                   # nothing was re-sent
+
+
+async def test_new_order_is_resumed_on_restart(rig: Rig) -> None:
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())          # crash right after the decision was journaled
+    eng = rig.restart()
+    await eng.recover()
+    await eng.drain(5.0)
+    assert rig.journal.order(o.client_key).state == OrderState.FILLED
+    assert len(rig.venue.placed) == 1
+
+
+async def test_reconcile_adopts_fills_of_a_failed_order(rig: Rig) -> None:
+    rig.markets.set(0, T0)
+    rig.venue.mode = "reject"
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    assert o.state == OrderState.REJECTED
+    p = rig.venue.placed[0]
+    rig.venue._fill(p)                       # ... yet the exchange shows our trade
+    await rig.engine.reconcile()
+    assert rig.journal.order(o.client_key).state == OrderState.FILLED
+    assert rig.posstats()["mismatches"] == 1
+    await rig.engine.reconcile()             # reported once, not on every pass
+    assert rig.posstats()["mismatches"] == 1
+
+
+async def test_reconcile_reports_unknown_trades(rig: Rig) -> None:
+    rig.venue.orders["999"] = OrderResult(OrderStatus.FILLED, "x", [Fill("t9", 0.5, 10, 0)])
+    await rig.engine.reconcile()
+    assert rig.posstats()["mismatches"] == 1
+
+
+async def test_positions_rebuilt_from_journal(rig: Rig) -> None:
+    keys = []
+    for slot in range(3):
+        rig.markets.set(slot, T0)
+        o = rig.engine.decide(intent(slot=slot, seq=slot))
+        keys.append(o.client_key)
+    await rig.engine.execute(rig.journal.order(keys[0]))
+    before = rig.positions()
+    stats_before = rig.posstats()
+    # wipe shared memory as if the segments were lost, then restart from the journal
+    rig.store.table.reset_row(0)
+    rig.store.table.reset_row(1)
+    rig.restart()
+    assert rig.positions() == before
+    assert rig.posstats() == stats_before
+    assert before[keys[0]] == PositionState.OPEN
+    assert before[keys[1]] == PositionState.PENDING
+    assert keys[0] == client_key(0, T0)
+
+
+async def test_lookups_leave_an_in_flight_send_alone(rig: Rig) -> None:
+    """The lookup and reconcile loops must not race the send that is still waiting for its
+    reply: only that reply (or its failure) moves the order."""
+    import asyncio
+    rig.markets.set(0, T0)
+    rig.venue.gate = asyncio.Event()
+    o = rig.engine.decide(intent())
+    rig.engine.spawn(rig.engine.execute(o))
+    for _ in range(100):
+        if o.state == OrderState.SENDING:
+            break
+        await asyncio.sleep(0.01)
+    assert o.state == OrderState.SENDING
+    await rig.engine.resolve_pending()
+    await rig.engine.reconcile()
+    assert rig.journal.order(o.client_key).state == OrderState.SENDING
+    assert [e["kind"] for e in rig.journal.events(o.client_key)] == ["request"]
+    rig.venue.gate.set()
+    await rig.engine.drain(5.0)
+    assert o.state == OrderState.FILLED
+    assert [e["kind"] for e in rig.journal.events(o.client_key)] == ["request", "reply"]
+    assert rig.posstats()["mismatches"] == 0
+
+
+async def test_streak_and_win_rate_over_many_settlements(rig: Rig) -> None:
+    from position_worker.stats import compute
+    eng = rig.restart(daily_loss_limit=1e9)
+    rig.venue.price = 0.5
+    outcomes = ["up"] * 30 + ["down"] * 80 + ["up"] * 3
+    for i, w in enumerate(outcomes):
+        ws = T0 + 300 * i
+        rig.clock.advance(ws + 10 - rig.clock.now())
+        rig.markets.set(0, ws)
+        o = eng.decide(intent(ws=ws, seq=i))
+        await eng.execute(o)
+        rig.clock.advance(300)
+        rig.gamma.resolved[o.slug] = w
+        assert await eng.settle_due() == 1
+    s = compute(rig.journal, [])
+    assert s.settled == 113 and s.wins == 33 and s.streak == 3
+    assert s.win_rate_all == pytest.approx(33 / 113)
+    assert s.win_rate_100 == pytest.approx(20 / 100)    # last 100: 17 up, 80 down, 3 up
+    assert s.pnl == pytest.approx(33 * 10 - 113 * 5 - 113 * 0.175)

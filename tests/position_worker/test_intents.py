@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.errors import SegmentError, SegmentMissingError
+from position_worker.intents import IntentSource, IntentWriter
+from state.layout import INTENT_DT, Outcome
+from state.ring import RingWriter
+from state.run import RunPaths
+
+
+def submit(w: IntentWriter, slot: int = 0) -> int:
+    return w.submit(slot, 900, "btc-updown-15m-900", Outcome.DOWN, 5.0, 0.55, "edge")
+
+
+def test_strategy_writes_position_worker_reads(run_paths: RunPaths) -> None:
+    src = IntentSource(run_paths)
+    w0, w1 = IntentWriter(run_paths, 0, epoch=3), IntentWriter(run_paths, 1, epoch=4)
+    try:
+        assert submit(w0) == 0 and submit(w1, slot=2) == 0 and submit(w0, slot=1) == 1
+        got = sorted(src.poll(), key=lambda i: (i.lane, i.seq))
+        assert [(i.lane, i.seq, i.epoch, i.slot) for i in got] == [
+            (0, 0, 3, 0), (0, 1, 3, 1), (1, 0, 4, 2)]
+        it = got[0]
+        assert it.outcome == Outcome.DOWN and it.stake == 5.0 and it.max_price == 0.55
+        assert it.slug == "btc-updown-15m-900" and it.reason == "edge"
+        assert it.window_start == 900 and it.problems() is None
+        assert src.poll() == []
+    finally:
+        w0.close()
+        w1.close()
+        src.close(unlink=True)
+
+
+def test_attached_producer_cannot_unlink(run_paths: RunPaths) -> None:
+    src = IntentSource(run_paths)
+    w = RingWriter.attach_producer(run_paths.intents(0), INTENT_DT)
+    try:
+        with pytest.raises(SegmentError):
+            w.unlink()
+        assert run_paths.intents(0).exists()
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+def test_writer_waits_for_the_ring(run_paths: RunPaths) -> None:
+    w = IntentWriter(run_paths, 0, epoch=1)          # the position worker is not up yet
+    with pytest.raises(SegmentMissingError):
+        submit(w)
+    src = IntentSource(run_paths)
+    try:
+        assert submit(w) == 0
+        assert [i.epoch for i in src.poll()] == [1]
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+def test_writer_follows_a_recreated_ring(run_paths: RunPaths) -> None:
+    src = IntentSource(run_paths)
+    w = IntentWriter(run_paths, 0, epoch=1)
+    try:
+        submit(w)
+        src.close(unlink=True)                     # clean stop of the position worker...
+        src = IntentSource(run_paths)              # ... and a fresh start
+        submit(w)
+        got = src.poll()
+        assert len(got) == 1 and got[0].seq == 0
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+def test_resume_skips_journaled_intents(run_paths: RunPaths) -> None:
+    src = IntentSource(run_paths)
+    w = IntentWriter(run_paths, 0, epoch=1)
+    try:
+        for _ in range(5):
+            submit(w)
+        ident = src.identity(0)
+        src.close()                                # crash: segments stay
+        src = IntentSource(run_paths)
+        assert src.identity(0) == ident            # adopted, same ring
+        src.resume(0, 3)
+        assert [i.seq for i in src.poll()] == [3, 4]
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+async def test_wait_wakes_on_either_lane(run_paths: RunPaths) -> None:
+    src = IntentSource(run_paths)
+    w = IntentWriter(run_paths, 1, epoch=1)
+    try:
+        assert await src.wait(0.05) is False
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, submit, w)
+        t0 = loop.time()
+        assert await src.wait(5.0) is True
+        assert loop.time() - t0 < 2.0
+    finally:
+        w.close()
+        src.close(unlink=True)

@@ -1,0 +1,118 @@
+"""The real worker process in paper mode, on a fake venue clock and a fake Gamma (no sim)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from core.clock import Clock
+from core.markets import SLOTS
+from position_worker.intents import IntentWriter
+from state.control import ControlBlock, WorkerSlot
+from state.layout import Outcome, PositionState
+from state.run import RunPaths
+from tests.position_worker.fakes import MarketTable
+from tests.position_worker.harness import (
+    FakeGammaServer,
+    WorkerProc,
+    cleanup_segments,
+    read_positions,
+    read_stats,
+    wait_until,
+)
+
+EPOCH = 11
+SPEED = 60.0
+
+
+@pytest.fixture
+def venue(run_paths: RunPaths, control: ControlBlock) -> Iterator[tuple[Clock, FakeGammaServer]]:
+    gamma = FakeGammaServer()
+    now = time.time()
+    clock = Clock(speed=SPEED, wall_epoch=now, sim_epoch=float(int(now) // 900 * 900 + 30))
+    info = {"binance_ws": "ws://127.0.0.1:9", "binance_rest": "http://127.0.0.1:9",
+            "gamma": gamma.url, "clob": "http://127.0.0.1:9", "admin": None,
+            "clock": clock.to_dict(), "pid": 0, "seed": 1}
+    run_paths.sim_json.write_bytes(orjson.dumps(info))
+    control.set_active_epoch(EPOCH)
+    yield clock, gamma
+    gamma.close()
+    cleanup_segments(run_paths)
+
+
+def start(paths: RunPaths, control: ControlBlock, *extra: str) -> WorkerProc:
+    w = WorkerProc(paths, "--mode", "paper", "--settle-every", "0.2", "--reconcile-every",
+                   "1", *extra)
+    w.wait_running(control)
+    return w
+
+
+def test_paper_intent_fill_settle_and_fencing(run_paths: RunPaths, control: ControlBlock,
+                                              markets: MarketTable, venue) -> None:
+    clock, gamma = venue
+    ws = SLOTS[0].window_start(clock.now())
+    markets.set(0, ws, up_ask=0.5)
+    w = start(run_paths, control, "--unlink-on-exit")
+    writer = IntentWriter(run_paths, 0, EPOCH)
+    stale = IntentWriter(run_paths, 1, EPOCH - 1)
+    try:
+        hb = control.worker(WorkerSlot.POSITION)["heartbeat_ns"]
+        wait_until(lambda: control.worker(WorkerSlot.POSITION)["heartbeat_ns"] > hb, 5,
+                   "a heartbeat", w.tail)
+        slug = SLOTS[0].slug(ws)
+        writer.submit(0, ws, slug, Outcome.UP, 5.0, 0.6, "paper")
+        stale.submit(2, ws, SLOTS[2].slug(ws), Outcome.UP, 5.0, 0.6, "zombie")
+        pos = wait_until(lambda: [p for p in read_positions(run_paths)
+                                  if p["state"] == PositionState.OPEN], 20, "an open position",
+                         w.tail)[0]
+        assert pos["shares"] == pytest.approx(10.0) and pos["avg_price"] == pytest.approx(0.5)
+        wait_until(lambda: read_stats(run_paths)["rejected"] == {"STALE_EPOCH": 1}, 20,
+                   "the stale intent's rejection", w.tail)
+        gamma.resolve(slug, "up")        # settles once the window's (sim) end has passed
+        wait_until(lambda: read_stats(run_paths)["settled"] == 1, 30, "settlement", w.tail)
+        st = read_stats(run_paths)
+        assert st["wins"] == 1 and st["pnl"] == pytest.approx(10 - 5 - 10 * 0.07 * 0.25)
+        assert [p["state"] for p in read_positions(run_paths)] == [PositionState.SETTLED]
+        writer.close()
+        stale.close()
+        assert w.stop() == 0
+        assert control.worker(WorkerSlot.POSITION)["state"] == 5          # STOPPED
+        left = [n for n in ("positions", "posstats", "intents0", "intents1")
+                if run_paths.seg(n).exists()]
+        assert left == [], f"--unlink-on-exit left {left}"
+    finally:
+        writer.close()
+        stale.close()
+        w.kill()
+
+
+@pytest.mark.parametrize("point", ["after_journal", "after_send"])
+def test_paper_kill9_then_restart(run_paths: RunPaths, control: ControlBlock,
+                                  markets: MarketTable, venue, point: str) -> None:
+    clock, _gamma = venue
+    ws = SLOTS[0].window_start(clock.now())          # a 5m window: at most 5 s wall left
+    markets.set(0, ws, up_ask=0.5)
+    w = start(run_paths, control, "--crash-at", point, "--lookup-grace", "5")
+    writer = IntentWriter(run_paths, 0, EPOCH)
+    w2 = None
+    try:
+        writer.submit(0, ws, SLOTS[0].slug(ws), Outcome.UP, 5.0, 0.6, "crash")
+        assert w.wait_exit(30) == -9
+        w2 = start(run_paths, control)
+        want = PositionState.OPEN if point == "after_send" else PositionState.FAILED
+        wait_until(lambda: [p["state"] for p in read_positions(run_paths)] == [want], 40,
+                   f"the position to be {want.name}", w2.tail)
+        # the intent was not taken again after the restart
+        writer.submit(0, ws, SLOTS[0].slug(ws), Outcome.UP, 5.0, 0.6, "again")
+        wait_until(lambda: read_stats(run_paths)["rejected"].get("DUPLICATE") == 1, 20,
+                   "the duplicate", w2.tail)
+        assert read_stats(run_paths)["orders"] == 1
+        assert w2.stop() == 0
+    finally:
+        writer.close()
+        w.kill()
+        if w2 is not None:
+            w2.kill()
