@@ -1,0 +1,82 @@
+"""What the feed worker is asked to do, declared up front; resources are acquired elsewhere.
+
+Durations say which clock they are on. ``*_s`` fields named "clock" are in the run's clock
+(simulated seconds under the sim, real seconds in paper/live), because they describe exchange
+behaviour that the sim accelerates. ``*_wall_s`` fields are real seconds: they protect this
+machine (CPU, connection attempts) and must not shrink when the sim runs 60x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core.markets import INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS, Slot
+
+# How often Binance pushes an update on a kline stream (clock seconds).
+UPDATE_INTERVAL_S: dict[str, float] = {"1s": 1.0}
+DEFAULT_UPDATE_INTERVAL_S = 2.0
+
+
+def update_interval_s(interval: str) -> float:
+    return UPDATE_INTERVAL_S.get(interval, DEFAULT_UPDATE_INTERVAL_S)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    symbols: tuple[str, ...] = SYMBOLS
+    intervals: tuple[str, ...] = KLINE_INTERVALS
+    slots: tuple[Slot, ...] = SLOTS
+
+    # --- Binance stream (connection care) ---
+    stall_factor: float = 2.0           # stalled after 2 x fastest update interval (clock)
+    stall_floor_wall_s: float = 1.0     # ...but never sooner than this (a busy 2-core box)
+    rotate_after_s: float = 23 * 3600   # clock; Binance closes connections at 24 h
+    backoff_base_wall_s: float = 0.25
+    backoff_cap_wall_s: float = 30.0
+    backoff_reset_wall_s: float = 10.0  # a connection this old resets the backoff
+    open_timeout_wall_s: float = 10.0
+    ping_interval_wall_s: float | None = 20.0   # our own keepalive pings (server pings too)
+    watchdog_wall_s: float = 0.1        # how often stall/rotation conditions are checked
+
+    # --- REST backfill ---
+    backfill_concurrency: int = 4
+    weight_limit_1m: int = 6000         # Binance: request weight per minute per IP
+    weight_soft_fraction: float = 0.8   # pause new requests past this share of the limit
+    default_retry_after_s: float = 60.0 # real s; when a 429/418 carries no Retry-After
+    audit_wall_s: float = 0.5           # how often rows are checked for lag behind the clock
+    audit_grace_s: float = 5.0          # clock; a closed candle may lag this long via WS
+    audit_grace_wall_s: float = 1.0     # ...and at least this long in real time
+    rest_timeout_wall_s: float = 10.0
+
+    # --- market scanner ---
+    scan_interval_s: float = 5.0        # clock
+    scan_min_wall_s: float = 0.05       # never scan more often than this (real seconds)
+    gamma_refresh_s: float = 5.0        # clock; re-read a known market's acceptingOrders
+    gamma_refresh_wall_s: float = 1.0   # ...at most this often in real time
+    scan_concurrency: int = 8
+    http_timeout_wall_s: float = 5.0
+
+    # --- status ---
+    heartbeat_wall_s: float = 0.25
+    latency_reservoir: int = 8192
+
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.symbols if s not in SYMBOLS]
+        bad += [i for i in self.intervals if i not in KLINE_INTERVALS]
+        if bad:
+            raise ValueError(f"unknown symbols/intervals {bad}: the shared layout indexes "
+                             f"{SYMBOLS} x {KLINE_INTERVALS}")
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(f"{s.lower()}@kline_{i}" for s in self.symbols for i in self.intervals)
+
+    def stall_after_wall_s(self, speed: float) -> float:
+        """Silence (real seconds) after which a stream counts as stalled."""
+        fastest = min(update_interval_s(i) for i in self.intervals)
+        return max(self.stall_floor_wall_s, self.stall_factor * fastest / speed)
+
+    def interval_ms(self, interval: str) -> int:
+        return INTERVAL_MS[interval]

@@ -1,0 +1,118 @@
+"""The five shared-memory segments the feed owns: create them, or adopt a predecessor's.
+
+    name        structure                         contents
+    klines      ring  KLINE_DT  x KLINE_RING_CAPACITY   every kline update, in arrival order
+    ticks       ring  TICK_DT   x TICK_RING_CAPACITY    one record per scanner tick
+    windows     table WINDOW_ROW_DT x 8*3               closed candles per symbol x interval
+    markets     table MARKET_DT x 16                    the 16 slots, in core.markets.SLOTS order
+    feedstats   table FEED_STATS_DT x 1                 counters and latency
+
+A feed restarted after a crash adopts all five, so the windows, the markets and the counters
+come back from shared memory. Two live feeds on one run would corrupt each other: opening
+refuses segments whose creator is another live process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import OperatorError, SegmentError
+from core.markets import SLOTS
+from feed_worker.windows import N_ROWS
+from state.layout import FEED_STATS_DT, KLINE_DT, MARKET_DT, TICK_DT, WINDOW_ROW_DT, SegmentKind
+from state.ring import RingWriter
+from state.run import KLINE_RING_CAPACITY, TICK_RING_CAPACITY, RunPaths
+from state.segment import Segment, pid_alive
+from state.table import TableWriter, table_hash
+
+log = logging.getLogger(__name__)
+
+NAMES = ("klines", "ticks", "windows", "markets", "feedstats")
+
+
+class FeedAlreadyRunning(OperatorError):
+    """Another live process owns this run's feed segments."""
+
+
+def check_single_owner(paths: RunPaths) -> None:
+    """Refuse to adopt segments whose creator is another live process."""
+    p = paths.seg("feedstats")
+    if not p.exists():
+        return
+    try:
+        seg = Segment.attach(p, SegmentKind.TABLE, table_hash(FEED_STATS_DT), readonly=True)
+    except SegmentError:
+        return                            # a mismatching segment fails loudly when opened
+    try:
+        pid = seg.header().creator_pid
+    finally:
+        seg.close()
+    if pid != os.getpid() and pid_alive(pid):
+        raise FeedAlreadyRunning(f"{p} belongs to live process {pid}: is a feed running?")
+
+
+@dataclass
+class FeedSegments:
+    klines: RingWriter
+    ticks: RingWriter
+    windows: TableWriter
+    markets: TableWriter
+    stats: TableWriter
+
+    @classmethod
+    def open(cls, paths: RunPaths) -> FeedSegments:
+        """Create or adopt every segment; on failure close what was opened."""
+        check_single_owner(paths)
+        opened: list = []
+        try:
+            opened.append(RingWriter(paths.seg("klines"), KLINE_DT, KLINE_RING_CAPACITY,
+                                     name="klines"))
+            opened.append(RingWriter(paths.seg("ticks"), TICK_DT, TICK_RING_CAPACITY,
+                                     name="ticks"))
+            opened.append(TableWriter(paths.seg("windows"), WINDOW_ROW_DT, N_ROWS,
+                                      name="windows"))
+            opened.append(TableWriter(paths.seg("markets"), MARKET_DT, len(SLOTS),
+                                      name="markets"))
+            opened.append(TableWriter(paths.seg("feedstats"), FEED_STATS_DT, 1,
+                                      name="feedstats"))
+        except BaseException:
+            for s in opened:
+                s.close()
+            raise
+        segs = cls(*opened)
+        segs._recover_small_tables()
+        return segs
+
+    @property
+    def adopted(self) -> dict[str, bool]:
+        return {n: bool(getattr(self, a).adopted) for n, a in zip(
+            NAMES, ("klines", "ticks", "windows", "markets", "stats"), strict=True)}
+
+    def _recover_small_tables(self) -> None:
+        for name, t in (("markets", self.markets), ("feedstats", self.stats)):
+            for i in t.torn_rows():
+                log.warning("%s: row %d torn by a dead writer; resetting", name, i)
+                t.reset_row(i)
+        for s in SLOTS:
+            row = self.markets.read(s.index)
+            if int(row["window_s"]) != s.window_s or int(row["slot"]) != s.index:
+                fresh = np.zeros((), dtype=MARKET_DT)
+                fresh["slot"], fresh["window_s"] = s.index, s.window_s
+                self.markets.write(s.index, fresh)
+
+    def close(self) -> None:
+        """Close every mapping (idempotent). Never unlinks."""
+        for s in (self.klines, self.ticks, self.windows, self.markets, self.stats):
+            with contextlib.suppress(Exception):
+                s.close()
+
+    def unlink(self) -> None:
+        """Remove every segment: only on a clean, final stop."""
+        for s in (self.klines, self.ticks, self.windows, self.markets, self.stats):
+            with contextlib.suppress(Exception):
+                s.unlink()

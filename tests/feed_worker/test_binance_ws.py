@@ -1,0 +1,240 @@
+"""Connection care against a local WebSocket server playing Binance."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from core.clock import Clock
+from core.errors import InputError
+from feed_worker.binance_ws import Backoff, BinanceStream
+from feed_worker.config import FeedConfig
+from feed_worker.klines import parse_frame
+from feed_worker.lifecycle import ConnState
+from feed_worker.stats import FeedStats
+
+from .fakes import kline_event
+
+SPEED = 60.0
+T0 = 1_699_999_200_000          # a 15-minute boundary
+
+
+class FakeBinance:
+    """Streams a forming-candle update for each subscribed stream every 20 ms."""
+
+    def __init__(self) -> None:
+        self.conns: list[dict] = []
+        self.stall: dict[int, set[str]] = {}      # connection index -> silent streams
+        self.on_open: Callable[[int, ServerConnection], None] | None = None
+        self.garbage_first = 0
+        self.refuse = False                       # answer new handshakes with 503
+        self.refused = 0
+
+    def process_request(self, conn: ServerConnection, request):
+        if self.refuse:
+            self.refused += 1
+            return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+        return None
+
+    def open_conns(self) -> list[dict]:
+        return [c for c in self.conns if c["closed"] is None]
+
+    async def handler(self, ws: ServerConnection) -> None:
+        q = parse_qs(urlsplit(ws.request.path).query)
+        streams = q["streams"][0].split("/")
+        idx = len(self.conns)
+        info = {"ws": ws, "opened": time.monotonic(), "closed": None, "streams": streams,
+                "overlap": len(self.open_conns())}
+        self.conns.append(info)
+        if self.on_open:
+            self.on_open(idx, ws)
+        try:
+            for _ in range(self.garbage_first):
+                await ws.send(b"\x00garbage{{{".decode())
+            while True:
+                for s in streams:
+                    if s in self.stall.get(idx, ()):
+                        continue
+                    sym, iv = s.split("@kline_")
+                    await ws.send(kline_event(sym.upper(), iv, T0, T0 + 1000, False).decode())
+                await asyncio.sleep(0.02)     # the fake exchange's own update cadence
+        except ConnectionClosed:
+            pass
+        finally:
+            info["closed"] = time.monotonic()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeBinance, str]]:
+    fb = FakeBinance()
+    async with serve(fb.handler, "127.0.0.1", 0, process_request=fb.process_request) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield fb, f"ws://127.0.0.1:{port}"
+
+
+def make_stream(url: str, **cfg) -> tuple[BinanceStream, FeedStats, list[str]]:
+    config = FeedConfig(symbols=("BTCUSDT", "ETHUSDT"), intervals=("1m", "5m"),
+                        stall_floor_wall_s=0.5, watchdog_wall_s=0.02,
+                        backoff_base_wall_s=0.05, backoff_cap_wall_s=0.4, **cfg)
+    stats = FeedStats()
+    connects: list[str] = []
+
+    def handle(raw, ns):
+        stats.messages += 1
+        try:
+            return parse_frame(raw, ns)
+        except InputError:
+            stats.parse_errors += 1
+            return None
+
+    s = BinanceStream(url, config, handle, Clock.accelerated(SPEED), stats,
+                      on_connect=connects.append, rng=random.Random(1))
+    return s, stats, connects
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)      # polling interval of the condition
+
+
+async def run_until(stream: BinanceStream, cond: Callable[[], bool], timeout: float = 10.0):
+    stop = asyncio.Event()
+    task = asyncio.create_task(stream.run(stop))
+    try:
+        await until(cond, timeout)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert stream.sm.state is ConnState.STOPPED
+
+
+async def test_subscribes_all_streams_and_answers_pings(fake):
+    fb, url = fake
+    pongs: list[float] = []
+
+    def on_open(idx, ws):
+        async def ping():
+            waiter = await ws.ping(b"20s-ping")
+            pongs.append(await asyncio.wait_for(waiter, 5))
+        asyncio.get_running_loop().create_task(ping())
+
+    fb.on_open = on_open
+    stream, stats, connects = make_stream(url, ping_interval_wall_s=None)
+    await run_until(stream, lambda: bool(pongs) and stats.messages > 20)
+    assert fb.conns[0]["streams"] == ["btcusdt@kline_1m", "btcusdt@kline_5m",
+                                      "ethusdt@kline_1m", "ethusdt@kline_5m"]
+    assert connects == ["connect"] and stats.reconnects == 0
+
+
+async def test_one_silent_stream_is_a_stall_and_reconnects(fake):
+    fb, url = fake
+    fb.stall[0] = {"ethusdt@kline_5m"}
+    stream, stats, connects = make_stream(url)
+    await run_until(stream, lambda: len(fb.conns) >= 2 and stats.connected == 1)
+    lived = fb.conns[0]["closed"] - fb.conns[0]["opened"]
+    assert lived >= 0.5                      # the wall-time floor, not 2 x 2 s / 60
+    assert stats.stale_episodes == 1 and stats.reconnects == 1
+    assert connects == ["connect", "connect"]
+
+
+async def test_server_shutdown_rotates_make_before_break(fake):
+    fb, url = fake
+
+    def on_open(idx, ws):
+        if idx == 0:
+            async def later():
+                await asyncio.sleep(0.1)    # let some data flow first
+                await ws.send('{"stream":"!serverShutdown","data":'
+                              '{"e":"serverShutdown","E":1}}')
+            asyncio.get_running_loop().create_task(later())
+
+    fb.on_open = on_open
+    stream, stats, connects = make_stream(url)
+    await run_until(stream, lambda: stats.rotations == 1 and fb.conns[0]["closed"] is not None)
+    assert fb.conns[1]["overlap"] == 1       # the old one was still open when the new came
+    assert fb.conns[1]["opened"] <= fb.conns[0]["closed"]
+    assert stats.reconnects == 0 and stats.stale_episodes == 0
+    assert connects == ["connect", "shutdown"]
+
+
+async def test_rotates_before_the_connection_age_limit(fake):
+    fb, url = fake
+    stream, stats, connects = make_stream(url, rotate_after_s=0.5 * SPEED)   # 0.5 s wall
+    await run_until(stream, lambda: stats.rotations >= 2)
+    assert stats.reconnects == 0 and connects[:3] == ["connect", "rotate", "rotate"]
+    assert all(c["overlap"] == 1 for c in fb.conns[1:3])
+
+
+async def test_failed_rotation_keeps_the_working_connection(fake):
+    fb, url = fake
+    stream, stats, connects = make_stream(url, rotate_after_s=0.3 * SPEED)
+    stop = asyncio.Event()
+    task = asyncio.create_task(stream.run(stop))
+    try:
+        await until(lambda: stats.connected == 1)
+        fb.refuse = True
+        await until(lambda: fb.refused >= 2)          # two rotation attempts refused...
+        n = stats.messages
+        await until(lambda: stats.messages > n + 20)  # ...and the old connection streams on
+        assert stats.reconnects == 0 and stats.rotations == 0 and len(fb.open_conns()) == 1
+        fb.refuse = False
+        await until(lambda: stats.rotations >= 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert connects[:2] == ["connect", "rotate"] and stats.reconnects == 0
+
+
+async def test_dropped_connection_reconnects_and_requests_backfill(fake):
+    fb, url = fake
+
+    def on_open(idx, ws):
+        if idx == 0:
+            asyncio.get_running_loop().call_later(0.1, ws.transport.abort)
+
+    fb.on_open = on_open
+    stream, stats, connects = make_stream(url)
+    await run_until(stream, lambda: len(fb.conns) >= 2 and stats.messages > 30)
+    assert stats.reconnects == 1 and stats.stale_episodes == 0
+    assert connects == ["connect", "connect"]
+
+
+async def test_malformed_frames_are_dropped_not_fatal(fake):
+    fb, url = fake
+    fb.garbage_first = 5
+    stream, stats, _connects = make_stream(url)
+    await run_until(stream, lambda: stats.messages > 20)
+    assert stats.parse_errors == 5 and stats.reconnects == 0 and len(fb.conns) == 1
+
+
+async def test_unreachable_server_backs_off_and_stops_promptly():
+    stream, stats, connects = make_stream("ws://127.0.0.1:1")
+    stop = asyncio.Event()
+    task = asyncio.create_task(stream.run(stop))
+    await until(lambda: stats.reconnects >= 4)
+    t = time.monotonic()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - t < 1.0 and connects == []
+
+
+def test_backoff_is_jittered_exponential_and_capped():
+    b = Backoff(base=0.25, cap=30.0, rng=random.Random(7))
+    delays = [b.next_delay() for _ in range(12)]
+    for k, d in enumerate(delays):
+        hi = min(30.0, 0.25 * 2 ** k)
+        assert hi / 2 <= d <= hi
+    assert len(set(delays)) == len(delays)       # jittered
+    b.reset()
+    assert b.next_delay() <= 0.25

@@ -1,0 +1,351 @@
+"""The real feed worker process against the real simulator (speed 60: a minute per second).
+
+Each test runs ``python -m feed_worker`` on a fresh run (its own segments) against one sim
+shared by the module, and checks shared memory the way a strategy would read it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from core.markets import INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS
+from feed_worker.lifecycle import FeedState
+from feed_worker.segments import NAMES
+from sim.testing import SimProcess, clear_faults, set_fault, start_sim
+from state.control import ControlBlock, WorkerSlot
+from state.layout import FEED_STATS_DT, MARKET_DT, TICK_DT, WINDOW_ROW_DT, SlotStatus
+from state.ring import RingReader
+from state.run import RunPaths
+from state.table import TableReader
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEED = 60.0
+DEADLINE = 30.0                   # wall seconds; generous for a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    s = start_sim(tmp_path_factory.mktemp("feedsim"), speed=SPEED, seed=3)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+class Feed:
+    """One run's feed worker process(es), and readers of what it publishes."""
+
+    def __init__(self, paths: RunPaths, sim: SimProcess) -> None:
+        self.paths = paths
+        self.sim = sim
+        self.proc: subprocess.Popen | None = None
+        self.n = 0
+
+    def start(self, *args: str) -> None:
+        self.n += 1
+        log = open(self.paths.run_dir / f"feed{self.n}.log", "wb")   # noqa: SIM115
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "feed_worker", "--run-dir", str(self.paths.run_dir),
+             "--unlink-on-exit", *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=env)
+        log.close()
+
+    def log(self, n: int | None = None) -> str:
+        return (self.paths.run_dir / f"feed{n or self.n}.log").read_text(errors="replace")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -9
+
+    # -- shared memory, read like a strategy would ---------------------------------------
+
+    def _table(self, name, dt) -> np.ndarray:
+        t = TableReader(self.paths.seg(name), dt)
+        try:
+            return t.read_all()
+        finally:
+            t.close()
+
+    def stats(self) -> dict:
+        if not self.paths.seg("feedstats").exists():
+            return {}
+        row = self._table("feedstats", FEED_STATS_DT)[0]
+        return {k: row[k].item() for k in FEED_STATS_DT.names if not k.startswith("_")}
+
+    def windows(self) -> np.ndarray:
+        return self._table("windows", WINDOW_ROW_DT)
+
+    def markets(self) -> np.ndarray:
+        return self._table("markets", MARKET_DT)
+
+    def window_problems(self, min_count: int = 500, lag: int = 2) -> list[str]:
+        """Why the windows are not (yet) full, gap-free, closed-only and up to date."""
+        if not self.paths.seg("windows").exists():
+            return ["no windows segment"]
+        now_ms = self.sim.clock.now_ms()
+        out = []
+        for r, row in enumerate(self.windows()):
+            sym, iv_name = SYMBOLS[r // 3], KLINE_INTERVALS[r % 3]
+            iv = INTERVAL_MS[iv_name]
+            n = int(row["count"])
+            c = row["candles"][:n]
+            latest = now_ms // iv * iv - iv
+            if n < min_count:
+                out.append(f"{sym}/{iv_name}: {n} candles")
+                continue
+            if not (c["closed"] == 1).all():
+                out.append(f"{sym}/{iv_name}: holds a forming candle")
+            if not (np.diff(c["open_time"]) == iv).all():
+                out.append(f"{sym}/{iv_name}: gap or duplicate")
+            last = int(row["last_open_time"])
+            if last != int(c["open_time"][-1]):
+                out.append(f"{sym}/{iv_name}: last_open_time disagrees")
+            if last > latest:
+                out.append(f"{sym}/{iv_name}: candle {last} presented closed before its end")
+            if last < latest - lag * iv:
+                out.append(f"{sym}/{iv_name}: {(latest - last) // iv} candles behind")
+        return out
+
+
+def wait_for(cond: Callable[[], object], what: str, timeout: float = DEADLINE,
+             feed: Feed | None = None) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            extra = f"\nfeed log:\n{feed.log()[-3000:]}" if feed else ""
+            raise AssertionError(f"timed out waiting for {what}{extra}")
+        time.sleep(0.05)           # polling interval of the condition above
+
+
+@pytest.fixture
+def feed(run_paths: RunPaths, control: ControlBlock, sim: SimProcess) -> Iterator[Feed]:
+    clear_faults(sim.admin)
+    shutil.copy(sim.run_dir / "sim.json", run_paths.sim_json)
+    f = Feed(run_paths, sim)
+    try:
+        yield f
+    finally:
+        clear_faults(sim.admin)
+        running = f.proc is not None and f.proc.poll() is None
+        rc = f.stop() if running else 0
+        for name in NAMES:                       # only if a test left a killed feed behind
+            p = run_paths.seg(name)
+            if p.exists():
+                p.unlink()
+        for p in run_paths.shm_dir.glob(f"noblink-{run_paths.run_id}-*.bell*"):
+            p.unlink()
+        assert rc == 0, f"feed exited with {rc}:\n{f.log()[-3000:]}"
+
+
+def filled(feed: Feed) -> bool:
+    return not feed.window_problems()
+
+
+def sim_klines(sim: SimProcess, symbol: str, interval: str, start: int, limit: int) -> list:
+    url = (f"{sim.endpoints.binance_rest}/api/v3/klines?symbol={symbol}&interval={interval}"
+           f"&startTime={start}&limit={limit}")
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return orjson.loads(r.read())
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+def test_windows_fill_and_match_the_exchange(feed: Feed, control: ControlBlock):
+    feed.start("--no-scanner")
+    wait_for(lambda: filled(feed), "windows filled", feed=feed)
+    st = wait_for(lambda: feed.stats().get("state") == FeedState.RUNNING and feed.stats(),
+                  "feed RUNNING", feed=feed)
+    assert st["backfilled"] >= 24 * 500 and st["parse_errors"] == 0
+    w = control.worker(WorkerSlot.FEED)
+    assert w["alive"] and w["pid"] == feed.proc.pid and w["role"] == "feed"
+    # a second feed on the same run refuses to adopt segments a live feed owns
+    twin = subprocess.run([sys.executable, "-m", "feed_worker", "--run-dir",
+                           str(feed.paths.run_dir), "--no-scanner"], cwd=ROOT, timeout=60,
+                          capture_output=True, text=True, env=dict(os.environ,
+                                                                   PYTHONPATH=str(ROOT)))
+    assert twin.returncode == 3 and "is a feed running" in twin.stderr
+    hb = w["heartbeat_ns"]
+    wait_for(lambda: control.worker(WorkerSlot.FEED)["heartbeat_ns"] > hb, "a heartbeat")
+    # what the windows hold is what the exchange says those candles closed at
+    row = feed.windows()[0]                                      # BTCUSDT 1m
+    c = row["candles"][:int(row["count"])]
+    truth = sim_klines(feed.sim, "BTCUSDT", "1m", int(c["open_time"][-100]), 100)
+    assert [t[0] for t in truth] == list(c["open_time"][-100:])
+    assert np.allclose([float(t[4]) for t in truth], c["close"][-100:])
+    assert np.allclose([float(t[5]) for t in truth], c["volume"][-100:])
+    # and it keeps up, a few candles later, from the stream
+    before = int(row["last_open_time"])
+    wait_for(lambda: int(feed.windows()[0]["last_open_time"]) >= before + 3 * 60_000,
+             "three more closed 1m candles")
+    assert filled(feed), feed.window_problems()
+    s = feed.stats()
+    assert s["messages"] > 100 and math.isfinite(s["latency_p99_us"])
+
+
+def test_scanner_fills_all_16_slots_and_rolls_over(feed: Feed, control: ControlBlock):
+    feed.start()
+
+    def all_ok():
+        if not feed.paths.seg("markets").exists():
+            return False
+        m = feed.markets()
+        return [m] if all(SlotStatus(int(r["status"])) is SlotStatus.OK for r in m) else None
+    m = wait_for(all_ok, "16 slots OK", feed=feed)[0]
+    now = feed.sim.clock.now()
+    for s, r in zip(SLOTS, m, strict=True):
+        w = int(r["window_start"])
+        assert w in (s.window_start(now), s.window_start(now) - s.window_s)   # just scanned
+        assert r["slug"].decode() == s.slug(w)
+        assert r["up_token"] and r["down_token"] and r["up_token"] != r["down_token"]
+        assert 0 < r["up_bid"] < r["up_ask"] < 1 and 0 < r["down_bid"] < r["down_ask"] < 1
+        assert r["up_bid_size"] > 0 and r["down_ask_size"] > 0
+        assert int(r["end_ts"]) == w + s.window_s
+    first = {s.index: int(r["window_start"]) for s, r in zip(SLOTS, m, strict=True)}
+    t1 = control.tick()[0]
+
+    def rolled():
+        m = feed.markets()
+        return all(int(m[s.index]["window_start"]) > first[s.index] and
+                   SlotStatus(int(m[s.index]["status"])) is SlotStatus.OK
+                   for s in SLOTS if s.window_s == 300)
+    wait_for(rolled, "5m slots rolled over to the next window (5 s wall)", feed=feed)
+    # a tick every 5 sim s = 83 ms wall: ten more ticks come within a second or so
+    t2 = wait_for(lambda: control.tick()[0] > t1 + 10 and control.tick()[0], "ten ticks")
+    r = RingReader(feed.paths.seg("ticks"), TICK_DT, readonly=True, start="oldest")
+    try:
+        recs = r.poll().records
+    finally:
+        r.close()
+    assert len(recs) and int(recs["tick"][-1]) >= t2 - 1
+    assert (np.diff(recs["tick"].astype(np.int64)) == 1).all()
+    assert feed.stats()["slots_ok"] == 16
+
+
+def test_gap_free_after_ws_drop_and_refused_reconnects(feed: Feed):
+    feed.start("--no-scanner")
+    wait_for(lambda: filled(feed), "windows filled", feed=feed)
+    before = feed.stats()
+    # drop every connection and refuse new ones for 3 s: 3 minutes of candles are missed
+    set_fault(feed.sim.admin, ws_refuse_s=3.0, ws_drop=True)
+    wait_for(lambda: feed.stats()["reconnects"] > before["reconnects"], "a reconnect")
+    wait_for(lambda: feed.stats()["connected"] == 1 and feed.stats()["reconnects"] >=
+             before["reconnects"] + 2, "connected again after refusals", feed=feed)
+    wait_for(lambda: filled(feed), "windows complete again", feed=feed)
+    wait_for(lambda: feed.stats()["gaps_filled"] > before["gaps_filled"], "gaps counted")
+    assert filled(feed), feed.window_problems()
+
+
+def test_gap_free_after_a_stall(feed: Feed):
+    feed.start("--no-scanner")
+    wait_for(lambda: filled(feed), "windows filled", feed=feed)
+    before = feed.stats()
+    set_fault(feed.sim.admin, ws_stall="ethusdt@kline_1m")         # one stream goes quiet
+    wait_for(lambda: feed.stats()["stale_episodes"] > before["stale_episodes"],
+             "a stale episode", feed=feed)
+    set_fault(feed.sim.admin, ws_stall="*")                        # then all of them
+    time.sleep(2.5)                # let 2.5 sim minutes pass in silence (the fault's span)
+    clear_faults(feed.sim.admin)
+    wait_for(lambda: filled(feed) and feed.stats()["connected"] == 1, "recovered", feed=feed)
+    after = wait_for(lambda: feed.stats()["gaps_filled"] > before["gaps_filled"] and
+                     feed.stats(), "gaps counted", feed=feed)
+    assert after["stale_episodes"] >= before["stale_episodes"] + 2
+    assert after["gaps_filled"] > before["gaps_filled"]
+    assert after["reconnects"] > before["reconnects"]
+
+
+def test_kill_9_and_restart_adopts_the_windows(feed: Feed, control: ControlBlock):
+    feed.start()
+    wait_for(lambda: filled(feed), "windows filled", feed=feed)
+    wait_for(lambda: feed.stats().get("backfilled", 0) >= 24 * 512 and control.tick()[0] > 5,
+             "initial backfill and a few ticks")
+    before = feed.stats()
+    oldest = feed.windows()["candles"][:, 0]["open_time"].copy()
+    feed.kill9()
+    assert not control.worker(WorkerSlot.FEED)["alive"]
+    time.sleep(3.0)                # 3 sim minutes go by with no feed at all
+    assert feed.window_problems(lag=1), "the windows should be behind while the feed is dead"
+    tick_at_death = control.tick()[0]
+    feed.start()
+    wait_for(lambda: filled(feed), "windows complete after the restart", feed=feed)
+    log = feed.log()
+    assert "windows=adopted" in log and "rows reset" in log
+    # counters reach shared memory with the next heartbeat (0.25 s)
+    after = wait_for(lambda: feed.stats()["gaps_filled"] > before["gaps_filled"] and
+                     feed.stats(), "counters of the new process", feed=feed)
+    assert after["starts"] == before["starts"] + 1 == 2
+    # adopted, not refetched: only the candles missed while dead came over REST
+    refetched = after["backfilled"] - before["backfilled"]
+    assert 0 < refetched < 24 * 50, refetched
+    assert after["gaps_filled"] > before["gaps_filled"]
+    now_oldest = feed.windows()["candles"][:, 0]["open_time"]
+    iv = np.array([INTERVAL_MS[KLINE_INTERVALS[r % 3]] for r in range(24)])
+    shift = (now_oldest - oldest) // iv
+    assert (shift >= 0).all() and (shift <= 10).all()   # the same history, slid forward
+    assert control.worker(WorkerSlot.FEED)["pid"] == feed.proc.pid
+    # the strategy tick continues where it was, it does not start over
+    wait_for(lambda: control.tick()[0] > tick_at_death + 3, "ticks after the restart")
+    r = RingReader(feed.paths.seg("ticks"), TICK_DT, readonly=True, start="oldest")
+    try:
+        ticks = r.poll().records["tick"].astype(np.int64)
+    finally:
+        r.close()
+    assert (np.diff(ticks) == 1).all() and int(ticks[0]) == 1, ticks[:5]
+
+
+def test_rest_429_is_honoured_and_the_backfill_completes(feed: Feed):
+    set_fault(feed.sim.admin, rest_429=6, rest_target="binance_rest")
+    t0 = time.monotonic()
+    feed.start("--no-scanner")
+    wait_for(lambda: filled(feed), "windows filled despite 429s", feed=feed)
+    took = time.monotonic() - t0
+    st = wait_for(lambda: feed.stats()["backfilled"] >= 24 * 500 and feed.stats(),
+                  "counters flushed", feed=feed)
+    assert st["rate_limited"] >= 1
+    assert took >= 0.9             # the sim's Retry-After is >= 1 s and was waited out
+    assert "Retry-After" in feed.log()
+
+
+def test_malformed_frames_rotation_and_server_shutdown(feed: Feed):
+    feed.start("--no-scanner", "--rotate-after-s", "120")     # 2 sim minutes = 2 s wall
+    wait_for(lambda: filled(feed), "windows filled", feed=feed)
+    wait_for(lambda: feed.stats()["rotations"] >= 1, "an age rotation", feed=feed)
+    assert feed.stats()["reconnects"] == 0 and filled(feed), feed.window_problems()
+    before = feed.stats()
+    set_fault(feed.sim.admin, ws_malformed=30)
+    wait_for(lambda: feed.stats()["parse_errors"] >= before["parse_errors"] + 30,
+             "malformed frames counted", feed=feed)
+    set_fault(feed.sim.admin, ws_shutdown=True)
+    wait_for(lambda: "serverShutdown received" in feed.log(), "serverShutdown", feed=feed)
+    wait_for(lambda: feed.stats()["rotations"] > before["rotations"], "a rotation", feed=feed)
+    wait_for(lambda: filled(feed), "windows complete", feed=feed)
+    assert feed.proc.poll() is None
+    assert "dropped malformed frame" in feed.log()
