@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import enum
-import logging
 
-log = logging.getLogger(__name__)
+from core.fsm import StateMachine
 
 
 class WorkerState(enum.IntEnum):
@@ -28,18 +27,6 @@ TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
-class InvalidTransition(RuntimeError):
-    pass
-
-
-class Lifecycle:
-    def __init__(self) -> None:
-        self.state = WorkerState.STARTING
-
-    def to(self, new: WorkerState, why: str = "") -> None:
-        """Move to ``new``; an illegal move is refused (raised), never silently applied."""
-        if new not in TRANSITIONS[self.state]:
-            raise InvalidTransition(f"position worker: {self.state.name} -> {new.name} refused")
-        log.info("position worker: %s -> %s%s", self.state.name, new.name,
-                 f" ({why})" if why else "")
-        self.state = new
+def lifecycle() -> StateMachine[WorkerState]:
+    """The position worker's process state machine (every change logged by core.fsm)."""
+    return StateMachine("position worker", WorkerState.STARTING, TRANSITIONS)

@@ -34,7 +34,7 @@ from position_worker.faults import CRASH_POINTS, CrashPoints
 from position_worker.gamma import GammaClient
 from position_worker.intents import IntentSource
 from position_worker.journal import Journal
-from position_worker.lifecycle import Lifecycle, WorkerState
+from position_worker.lifecycle import WorkerState, lifecycle
 from position_worker.markets import MarketsView
 from position_worker.positions import PositionStore
 from position_worker.risk import RiskConfig
@@ -112,7 +112,7 @@ def build_executor(args: argparse.Namespace, venue: Venue, markets: MarketsView,
 class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.life = Lifecycle()
+        self.life = lifecycle()
         self.stop = asyncio.Event()
         self._stack = contextlib.ExitStack()
         self._tasks: list[asyncio.Task[None]] = []
