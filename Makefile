@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ring sim inspect clean soak
+.PHONY: run test lint bench bench-ring bench-feed sim inspect clean soak
 
 # (Re)create the venv when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -34,7 +34,10 @@ inspect: $(STAMP)
 bench-ring: $(STAMP)
 	$(PY) -m bench.ring
 
-bench: bench-ring
+bench-feed: $(STAMP)
+	$(PY) -m feed_worker.bench
+
+bench: bench-ring bench-feed
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,87 @@
+"""The sim's admin HTTP API (JSON), for tests, chaos runs and ``noblink sim-fault``.
+
+- ``GET /health``                     -> {"ok", "pid", "now", "clock", "ws_connections"}
+- ``GET /faults``                     -> current fault switches
+- ``POST /faults`` {switches...}      -> apply (see sim.faults); 400 {"error"} if invalid
+- ``DELETE /faults``                  -> clear every switch
+- ``GET /orders/log[?since=ID]``      -> [{"id","time","wall_time","path","method","body",
+                                           "status"}] for every order request received
+- ``DELETE /orders/log``              -> forget the log
+- ``GET /markets/{slug}/resolution``  -> {"slug","open","close","outcome","resolved",...}
+- ``GET /accounts``                   -> CLOB accounts: address, balance, positions
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from sim.context import SimContext
+from sim.httputil import json_response, read_json
+
+
+class Admin:
+    def __init__(self, ctx: SimContext, ws_count: Callable[[], int]) -> None:
+        self.ctx = ctx
+        self._ws_count = ws_count
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        r.add_get("/health", self.health)
+        r.add_get("/faults", self.get_faults)
+        r.add_post("/faults", self.post_faults)
+        r.add_delete("/faults", self.delete_faults)
+        r.add_get("/orders/log", self.get_log)
+        r.add_delete("/orders/log", self.delete_log)
+        r.add_get("/markets/{slug}/resolution", self.resolution)
+        r.add_get("/accounts", self.accounts)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return json_response({"ok": True, "pid": os.getpid(), "now": self.ctx.clock.now(),
+                              "clock": self.ctx.clock.to_dict(), "seed": self.ctx.config.seed,
+                              "ws_connections": self._ws_count()})
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return json_response(self.ctx.faults.snapshot())
+
+    async def post_faults(self, request: web.Request) -> web.Response:
+        body, _ = await read_json(request)
+        if isinstance(body, ValueError):
+            return json_response({"error": f"invalid JSON: {body}"}, 400)
+        try:
+            return json_response(self.ctx.faults.apply(body))
+        except ValueError as e:
+            return json_response({"error": str(e)}, 400)
+
+    async def delete_faults(self, request: web.Request) -> web.Response:
+        self.ctx.faults.clear()
+        return json_response(self.ctx.faults.snapshot())
+
+    async def get_log(self, request: web.Request) -> web.Response:
+        try:
+            since = int(request.query.get("since", "0"))
+        except ValueError:
+            return json_response({"error": "since must be an integer"}, 400)
+        return json_response(self.ctx.order_log.entries(since))
+
+    async def delete_log(self, request: web.Request) -> web.Response:
+        self.ctx.order_log.clear()
+        return json_response({"ok": True})
+
+    async def resolution(self, request: web.Request) -> web.Response:
+        markets = self.ctx.markets
+        info: dict[str, Any] | None = None
+        if markets is not None:
+            info = markets.resolution_info(request.match_info["slug"])
+        if info is None:
+            return json_response({"error": "market not found"}, 404)
+        return json_response(info)
+
+    async def accounts(self, request: web.Request) -> web.Response:
+        ex = self.ctx.exchange
+        return json_response([] if ex is None else ex.accounts_info())

@@ -1,0 +1,174 @@
+"""Fault switches, flipped at run time through the admin endpoint (or ``noblink sim-fault``).
+
+Two kinds:
+- *states* that stay on until cleared or used up (stall a stream, malformed frames, REST errors,
+  order rejects and delays), read by the servers on every frame or request;
+- *actions* that happen once, now (drop every WebSocket, send serverShutdown), run by hooks the
+  WebSocket server registers.
+
+Every switch is validated before anything changes, so a bad POST leaves the faults as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+REST_TARGETS = ("binance_rest", "gamma", "clob")
+ACTIONS = ("ws_drop", "ws_shutdown")
+
+
+@dataclass
+class Faults:
+    ws_stall: set[str] = field(default_factory=set)      # stream names, or "*" for all
+    ws_malformed: int = 0                                # next N data frames are malformed
+    ws_refuse_until: float = 0.0                         # monotonic; refuse new WS until then
+    rest_error: int | None = None                        # HTTP status to return
+    rest_error_count: int | None = None                  # None: until cleared
+    rest_429: int = 0                                    # next N REST requests get 429
+    rest_target: tuple[str, ...] = REST_TARGETS          # which REST servers the above hit
+    order_reject: str | None = None                      # reject orders with this message
+    order_reject_count: int | None = None                # None: until cleared
+    order_delay_s: float = 0.0                           # hold order replies this long (wall)
+    _hooks: dict[str, Callable[[Any], None]] = field(default_factory=dict, repr=False)
+
+    def on_action(self, name: str, hook: Callable[[Any], None]) -> None:
+        """Register the code that performs a one-shot action (``ws_drop``, ``ws_shutdown``)."""
+        self._hooks[name] = hook
+
+    # -- admin side --------------------------------------------------------------------------
+
+    def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Validate then apply a POST /faults body; raises ValueError (nothing changed)."""
+        if not isinstance(body, dict) or not body:
+            raise ValueError("body must be a non-empty JSON object")
+        updates: dict[str, Any] = {}
+        actions: list[tuple[str, Any]] = []
+        for key, val in body.items():
+            if key in ACTIONS:
+                if val not in (None, False):
+                    actions.append((key, val))
+            elif key == "ws_stall":
+                updates[key] = _stall_set(val)
+            elif key == "ws_malformed":
+                updates[key] = _count(key, val)
+            elif key == "ws_refuse_s":
+                updates["ws_refuse_until"] = time.monotonic() + _seconds(key, val)
+            elif key == "rest_error":
+                if val is None or val is False:
+                    updates[key] = None
+                else:
+                    code = _count(key, val)
+                    if not 400 <= code <= 599:
+                        raise ValueError("rest_error must be an HTTP status 400..599")
+                    updates[key] = code
+            elif key in ("rest_error_count", "order_reject_count"):
+                updates[key] = None if val is None else _count(key, val)
+            elif key == "rest_429":
+                updates[key] = _count(key, val)
+            elif key == "rest_target":
+                targets = (val,) if isinstance(val, str) else tuple(val or ())
+                if not targets or any(t not in REST_TARGETS for t in targets):
+                    raise ValueError(f"rest_target must be among {list(REST_TARGETS)}")
+                updates[key] = targets
+            elif key == "order_reject":
+                if val in (None, False, ""):
+                    updates[key] = None
+                else:
+                    updates[key] = val if isinstance(val, str) else "order rejected by sim fault"
+            elif key == "order_delay_s":
+                updates[key] = _seconds(key, val)
+            else:
+                raise ValueError(f"unknown fault {key!r}")
+        for key, val in updates.items():
+            setattr(self, key, val)
+        for name, val in actions:
+            hook = self._hooks.get(name)
+            if hook is not None:
+                hook(val)
+        return self.snapshot()
+
+    def clear(self) -> None:
+        """Switch every fault off."""
+        hooks = self._hooks
+        fresh = Faults()
+        for f in fresh.__dataclass_fields__:
+            setattr(self, f, getattr(fresh, f))
+        self._hooks = hooks
+
+    def snapshot(self) -> dict[str, Any]:
+        refuse = max(0.0, self.ws_refuse_until - time.monotonic())
+        return {
+            "ws_stall": sorted(self.ws_stall), "ws_malformed": self.ws_malformed,
+            "ws_refuse_s": round(refuse, 3), "rest_error": self.rest_error,
+            "rest_error_count": self.rest_error_count, "rest_429": self.rest_429,
+            "rest_target": list(self.rest_target), "order_reject": self.order_reject,
+            "order_reject_count": self.order_reject_count, "order_delay_s": self.order_delay_s,
+        }
+
+    # -- server side -------------------------------------------------------------------------
+
+    def stalled(self, stream: str) -> bool:
+        return bool(self.ws_stall) and ("*" in self.ws_stall or stream in self.ws_stall)
+
+    def take_malformed(self) -> bool:
+        """True if this data frame must be malformed (uses one)."""
+        if self.ws_malformed > 0:
+            self.ws_malformed -= 1
+            return True
+        return False
+
+    def ws_refused(self) -> bool:
+        return time.monotonic() < self.ws_refuse_until
+
+    def take_rest_fault(self, target: str) -> int | None:
+        """The status this REST request must fail with, if any (uses one)."""
+        if target not in self.rest_target:
+            return None
+        if self.rest_429 > 0:
+            self.rest_429 -= 1
+            return 429
+        if self.rest_error is not None:
+            if self.rest_error_count is not None:
+                self.rest_error_count -= 1
+                if self.rest_error_count <= 0:
+                    code = self.rest_error
+                    self.rest_error, self.rest_error_count = None, None
+                    return code
+            return self.rest_error
+        return None
+
+    def take_order_reject(self) -> str | None:
+        if self.order_reject is None:
+            return None
+        msg = self.order_reject
+        if self.order_reject_count is not None:
+            self.order_reject_count -= 1
+            if self.order_reject_count <= 0:
+                self.order_reject, self.order_reject_count = None, None
+        return msg
+
+
+def _count(key: str, val: Any) -> int:
+    if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+        raise ValueError(f"{key} must be a non-negative integer")
+    return val
+
+
+def _seconds(key: str, val: Any) -> float:
+    if isinstance(val, bool) or not isinstance(val, int | float) or not 0 <= val <= 3600:
+        raise ValueError(f"{key} must be a number of seconds in 0..3600")
+    return float(val)
+
+
+def _stall_set(val: Any) -> set[str]:
+    if val in (None, False, "", []):
+        return set()
+    if val is True:
+        return {"*"}
+    items = [val] if isinstance(val, str) else val
+    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+        raise ValueError("ws_stall must be a stream name, '*', or a list of names")
+    return {s.lower() if s != "*" else s for s in items}
