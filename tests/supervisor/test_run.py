@@ -72,3 +72,35 @@ def test_make_run_brings_up_the_whole_bot_and_stops_cleanly(bot) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_killed_workers_are_restarted_and_pick_up_their_state(bot) -> None:
+    p, run_dir = bot
+
+    def running(name: str, restarts: int = 0) -> dict | None:
+        s = status(run_dir)
+        if not s or len(s["workers"]) < 4:
+            return None
+        w = s["workers"].get(name)
+        return s if w and w["state"] == "RUNNING" and w["restarts"] >= restarts else None
+
+    s = wait_for(lambda: all(running(n) for n in ("feed", "position", "strategy")), 120,
+                 "every worker RUNNING") and status(run_dir)
+    feed_pid = s["workers"]["feed"]["pid"]
+    strategy_pid = s["workers"]["strategy"]["pid"]
+
+    os.kill(feed_pid, signal.SIGKILL)
+    s = wait_for(lambda: running("feed", restarts=1), 120, "feed restarted")
+    assert s["workers"]["feed"]["pid"] != feed_pid
+    assert s["feed"]["starts"] >= 2            # the same feedstats row: segments adopted
+    t0 = s["tick"]
+    wait_for(lambda: status(run_dir)["tick"] > t0, 60, "ticks after the feed restart")
+
+    os.kill(strategy_pid, signal.SIGKILL)
+    s = wait_for(lambda: running("strategy", restarts=1), 120, "strategy restarted")
+    assert s["active_epoch"] == 2              # a new incarnation, a new fencing epoch
+    log = (run_dir / "logs" / "strategy.log").read_text()
+    assert "restored snapshot generation" in log  # its state came back from the snapshot
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out.decode()[-3000:]
