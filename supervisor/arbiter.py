@@ -142,6 +142,12 @@ class Supervisor:
                 log.warning("adopting run %s: its supervisor (pid %s) died; state comes back "
                             "from shared memory", run_id, doc.get("pid"))
                 self.sim_port_base = int(doc.get("sim_port_base", 0))
+                if doc.get("sim_clock"):
+                    # the restarted sim continues the dead run's clock, so the windows and
+                    # positions in shared memory stay in the sim's present
+                    self.sim_clock = Clock.from_dict(doc["sim_clock"])
+            elif self.cfg.mode == "sim" and doc.get("mode") == "sim":
+                _archive_sim_journal(old, doc)
         for info in scan_segments():
             if info.run_id != run_id and not info.creator_alive:
                 log.warning("stale segment from a dead run: %s (creator pid %s); remove it "
@@ -166,8 +172,9 @@ class Supervisor:
 
     def _write_run_json(self) -> None:
         assert self.paths is not None
-        self.paths.write_run_json(mode=self.cfg.mode, sim_port_base=self.sim_port_base,
-                                  epoch=self.epoch)
+        self.paths.write_run_json(
+            mode=self.cfg.mode, sim_port_base=self.sim_port_base, epoch=self.epoch,
+            sim_clock=self.sim_clock.to_dict() if self.sim_clock else None)
 
     def _load_snapshot_file(self) -> None:
         """A whole-bot restart (new run) starts from the snapshot saved at the last stop."""
@@ -258,8 +265,11 @@ class Supervisor:
             if not self.paths.sim_json.exists():
                 return False
             info = load_json(str(self.paths.sim_json))
+            if int(info.get("pid", 0)) != child.pid:
+                return False
             self.sim_clock = Clock.from_dict(info["clock"])
-            return int(info.get("pid", 0)) == child.pid
+            self._write_run_json()
+            return True
         w = self.control.worker(self._slot(name))
         if w["pid"] != child.pid:
             return False
@@ -388,6 +398,20 @@ class Supervisor:
             log.info("run %s stopped; removed %d segments", self.paths.run_id, removed)
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+
+def _archive_sim_journal(old: RunPaths, doc: dict) -> None:
+    """A new sim process is a new simulated exchange: a fresh account, a fresh clock. The
+    previous world's journal would name orders and windows that never existed there, so it
+    is moved aside (never deleted). Paper and live journals always carry over."""
+    if not old.journal.exists():
+        return
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{old.journal}{suffix}")
+        if src.exists():
+            os.replace(src, old.run_dir / f"journal-sim-{old.run_id}.sqlite{suffix}")
+    log.info("new simulated world: previous sim journal kept as journal-sim-%s.sqlite",
+             doc.get("run_id"))
 
 
 def remove_run_segments(paths: RunPaths) -> int:

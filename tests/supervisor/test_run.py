@@ -104,3 +104,58 @@ def test_killed_workers_are_restarted_and_pick_up_their_state(bot) -> None:
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 0, out.decode()[-3000:]
+
+
+def test_supervisor_killed_then_restarted_adopts_the_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "supervisor.cli", "run", "--speed", "60",
+            "--run-dir", str(run_dir)]
+    procs = []
+
+    def all_running() -> dict | None:
+        s = status(run_dir)
+        ok = s and len(s["workers"]) == 4 and all(
+            w["state"] == "RUNNING" for w in s["workers"].values())
+        return s if ok else None
+
+    try:
+        first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(first)
+        s1 = wait_for(all_running, 120, "first run up")
+        run_id = orjson.loads((run_dir / "run.json").read_bytes())["run_id"]
+        wait_for(lambda: status(run_dir)["tick"] >= s1["tick"] + 2, 60, "ticks")
+        tick_before = status(run_dir)["tick"]
+        children = [w["pid"] for w in s1["workers"].values()]
+        first.kill()                                   # the supervisor crashes
+        first.wait(30)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(lambda: all(gone(p) for p in children), 60, "children to follow (PDEATHSIG)")
+        assert list(SHM_DIR.glob(f"noblink-{run_id}-*")), "state must survive the crash"
+        (run_dir / "status.json").unlink()
+
+        second = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(second)
+        s2 = wait_for(all_running, 120, "second run up")
+        assert orjson.loads((run_dir / "run.json").read_bytes())["run_id"] == run_id
+        assert s2["active_epoch"] == 2                 # epochs keep growing across the crash
+        assert s2["tick"] >= tick_before               # the tick counter was adopted
+        assert s2["feed"]["starts"] >= 2               # the feed adopted its segments
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(120) == 0
+        assert not list(SHM_DIR.glob(f"noblink-{run_id}-*"))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(60)
+        doc = orjson.loads((run_dir / "run.json").read_bytes()) if (run_dir / "run.json").exists() \
+            else {}
+        for f in SHM_DIR.glob(f"noblink-{doc.get('run_id', 'none')}-*"):
+            f.unlink()
