@@ -304,6 +304,10 @@ class Supervisor:
         try:
             self.setup_run()
             self.start_children()
+            assert self.paths is not None
+            log.info("noblink is up: logs in %s/logs, status in %s; `noblink inspect "
+                     "--run-dir %s` shows the shared memory; Ctrl-C stops", self.paths.run_dir,
+                     self.paths.status_json, self.paths.run_dir)
             while not self._stopping():
                 self._sleep(0.5)
                 self.reap()
