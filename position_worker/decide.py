@@ -11,11 +11,16 @@ from position_worker.reasons import RejectReason
 from position_worker.risk import Verdict
 
 
-def fence(it: Intent, active_epoch: int) -> Verdict | None:
-    """Only the active epoch may trade; epoch 0 means nobody may."""
+def fence(it: Intent, active_epoch: int, lane_epoch: int) -> Verdict | None:
+    """Only the active epoch may trade (epoch 0 means nobody may), and only from the lane
+    its strategy worker registered (``lane_epoch``: the epoch in that lane's control slot),
+    so a process writing into the other lane's ring cannot borrow the active epoch."""
     if active_epoch == 0 or it.epoch != active_epoch:
         return Verdict(RejectReason.STALE_EPOCH,
                        f"intent epoch {it.epoch} != active epoch {active_epoch}")
+    if lane_epoch != it.epoch:
+        return Verdict(RejectReason.STALE_EPOCH,
+                       f"lane {it.lane} is registered to epoch {lane_epoch}, not {it.epoch}")
     return None
 
 
@@ -24,8 +29,15 @@ def validate(it: Intent) -> Verdict | None:
     return Verdict(RejectReason.BAD_INTENT, problem) if problem else None
 
 
-def deduplicate(it: Intent, already_ordered: bool) -> Verdict | None:
+def deduplicate(it: Intent, already_ordered: bool, traded_on_venue: bool = False
+                ) -> Verdict | None:
+    """One order per (slot, window): journaled here, or seen on the account at the venue
+    (trades or open orders on the window's tokens, e.g. from a journal that was replaced)."""
     if already_ordered:
         return Verdict(RejectReason.DUPLICATE,
                        f"an order for slot {it.slot} window {it.window_start} exists")
+    if traded_on_venue:
+        return Verdict(RejectReason.DUPLICATE,
+                       f"the account already trades slot {it.slot} window {it.window_start} "
+                       "on the exchange")
     return None

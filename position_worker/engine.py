@@ -5,8 +5,11 @@ any point leaves the journal ahead of (or equal to) what readers saw, never behi
 
 Money-safety rules, in the order they bite:
 1. An intent becomes an order only inside one journal transaction that also claims its
-   idempotency key (UNIQUE), so one (slot, window) can never have two orders.
-2. The signed request is journaled (SENDING, fsynced) before it is sent.
+   idempotency key (UNIQUE), so one (slot, window) can never have two orders; a window the
+   account already trades on at the venue counts as ordered too.
+2. Epoch and pause/kill are checked again after prepare, right before SENDING; a NEW row left
+   by a crash is failed, never resumed. Every state change is compare-and-set.
+   The signed request is journaled (SENDING, fsynced) before it is sent.
 3. An order whose fate is unknown (no reply, crash, timeout) is looked up, never re-sent.
    It counts as exposure until its fate is known, and is failed only when the exchange has
    shown no trace of it until well after its window closed.
@@ -42,17 +45,19 @@ from position_worker.journal import (
     FINAL_STATES,
     LIVE_STATES,
     Journal,
+    JournalError,
+    OrderConflict,
     OrderRow,
     OrderState,
 )
 from position_worker.keys import client_key, idem_key, order_metadata
-from position_worker.markets import MarketsView
+from position_worker.markets import MarketQuote, MarketsView
 from position_worker.positions import PositionStore
 from position_worker.reconcile import Reconciler
 from position_worker.risk import Book, RiskConfig, check
 from position_worker.settle import Settler
-from position_worker.stats import Stats, compute
-from state.control import ControlBlock
+from position_worker.stats import Stats, StatsKeeper
+from state.control import ControlBlock, WorkerSlot
 from state.layout import Outcome
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,10 @@ class EngineConfig:
     lookup_grace_s: float = 120.0   # clock s after window end before an unseen order fails
     settle_backoff_max_s: float = 30.0
     reconcile_horizon_s: int = 2 * DAY_S
+    # wall s: an order changed this recently is not compared with the venue's trades yet
+    # (its reply may land during the fetch, the venue may not have indexed its trade yet)
+    reconcile_grace_s: float = 60.0
+    publish_every_s: float = 0.25    # wall s between posstats writes (changes are coalesced)
 
 
 class Engine:
@@ -90,7 +99,10 @@ class Engine:
         self._inflight: set[str] = set()
         self.settler = Settler(self)
         self.reconciler = Reconciler(self)
+        self.counters = StatsKeeper()
         self._paused_seen = False
+        self._dirty = False
+        self._published_ns = -(1 << 62)
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -102,46 +114,80 @@ class Engine:
         self.book = {o.client_key: o for o in live}
         self.store.rebuild(orders)
         self.reconciler.load_reported()
-        self.publish()
+        self.counters.seed(self.journal, live)
+        self.publish(force=True)
         log.info("journal: %d orders, %d not final (%s)", len(orders), len(self.book),
                  ", ".join(f"{o.client_key}={o.state}" for o in self.book.values()) or "-")
 
     async def recover(self) -> None:
-        """Settle the fate of everything the last incarnation left in flight."""
+        """Settle the fate of everything the last incarnation left in flight.
+
+        A NEW row was never sent (sending happens only once SENDING is durable), but it is
+        not resumed either: while we were down its strategy may have been replaced (epoch),
+        trading paused, or the limits used up, and re-checking all of that against a decision
+        taken by an earlier process is easy to get wrong. Failing it costs one window's trade.
+        Each step is guarded: a bad venue reply must not stop the worker from starting (the
+        loops will try again)."""
         for o in [o for o in self.book.values() if o.state == _S.NEW]:
-            # NEW: the request was never journaled, so it was never sent. Resume it while its
-            # window is open and trading is allowed; otherwise it simply never happened.
-            if self.clock.now() < o.end_ts and not self.paused():
-                log.info("resuming unsent order %s (%s)", o.client_key, o.slug)
-                self.launch(o)
-            else:
-                self.fail(o, "interrupted before sending; window over or paused")
-        await self.resolve_pending(startup=True)
-        await self.reconcile()
+            try:
+                self.fail(o, "interrupted before sending; not resumed after a restart")
+            except JournalError as e:
+                log.error("order %s: %s", o.client_key, e)
+                self.refresh(o.client_key)
+        for name, step in (("lookups", lambda: self.resolve_pending(startup=True)),
+                           ("reconciliation", self.reconcile)):
+            try:
+                await step()
+            except Exception:
+                log.exception("start-up %s failed; the loop will try again", name)
 
     # -- intents ----------------------------------------------------------------------------
 
     def paused(self) -> bool:
         return self.control.paused or self.control.killed
 
+    def lane_epoch(self, lane: int) -> int:
+        """The epoch registered by the strategy worker that holds ``lane``'s slot (0: none)."""
+        try:
+            slot = WorkerSlot.strategy(lane)
+        except ValueError:
+            return 0
+        return int(self.control.worker(slot)["epoch"])
+
     def risk_book(self, now_s: float) -> Book:
         held = list(self.book.values())
         exposure = sum(o.cost if o.state == _S.FILLED else o.stake for o in held)
         day_start = float(int(now_s) // DAY_S * DAY_S)
+        # A position whose window is over but which is not settled yet counts as lost (cost
+        # and fees), so a slow or failing resolution cannot hide a day's losses.
+        unsettled = sum(o.cost + o.fees for o in held
+                        if o.state == _S.FILLED and now_s >= o.end_ts)
         return Book(open_count=len(held), exposure=exposure,
-                    realized_today=self.journal.realized_since(day_start))
+                    pnl_today=self.journal.realized_since(day_start) - unsettled)
+
+    def traded_on_venue(self, it: Intent, quote: MarketQuote | None) -> bool:
+        """Whether the account already has trades or open orders on this window's tokens
+        (as last seen by reconciliation): an order for it exists even if no journal of
+        ours names it (a journal lost or replaced)."""
+        if quote is None or quote.window_start != it.window_start:
+            return False
+        tokens = {t for t in (quote.up_token, quote.down_token) if t}
+        return not tokens.isdisjoint(self.reconciler.venue_tokens)
 
     def decide(self, it: Intent) -> OrderRow | None:
         """Journal the intent and its decision; returns the new order when accepted."""
         now = self.clock.now()
-        verdict = fence(it, self.control.active_epoch) or validate(it)
+        verdict = fence(it, self.control.active_epoch, self.lane_epoch(it.lane)) \
+            or validate(it)
         quote = None
         if verdict is None:
-            verdict = deduplicate(it, self.journal.has_order(idem_key(it.slot, it.window_start)))
-        if verdict is None:
             quote = self.markets.quote(it.slot)
+            verdict = deduplicate(it, self.journal.has_order(idem_key(it.slot, it.window_start)),
+                                  self.traded_on_venue(it, quote))
+        if verdict is None:
             verdict = check(it, quote, self.risk_book(now), self.cfg.risk, paused=self.paused(),
-                            now_s=now, now_mono_ns=self.clock.monotonic_ns())
+                            now_s=now, now_mono_ns=self.clock.monotonic_ns(),
+                            speed=self.clock.speed)
         order = None
         with self.journal.transaction():
             ck = client_key(it.slot, it.window_start) if verdict.ok else ""
@@ -157,6 +203,7 @@ class Engine:
                     max_price=it.max_price, epoch=it.epoch)
                 self.journal.insert_order(order)
             self.journal.set_lane_cursor(it.lane, self.ring_ids.get(it.lane, 0), it.seq + 1)
+        self.counters.on_intent(verdict.ok, verdict.reason)
         if order is None:
             assert verdict.reason is not None
             log.info("intent rejected: lane %d seq %d slot %d %s: %s (%s)", it.lane, it.seq,
@@ -187,19 +234,47 @@ class Engine:
         self.spawn(self.execute(o))
 
     async def execute(self, o: OrderRow) -> None:
-        """prepare -> journal SENDING -> send once -> journal the reply."""
+        """prepare -> re-check -> journal SENDING -> send once -> journal the reply."""
         self._inflight.add(o.client_key)
         try:
             await self._execute(o)
+        except OrderConflict as e:
+            # Someone else moved the row (the run-dir lock should make this impossible):
+            # never act on a stale copy; take the journal's word.
+            log.error("order %s: %s", o.client_key, e)
+            self.refresh(o.client_key)
         finally:
             self._inflight.discard(o.client_key)
 
+    def send_blocked(self, o: OrderRow) -> str | None:
+        """Why ``o`` may no longer be sent (checked after prepare, right before SENDING)."""
+        active = self.control.active_epoch
+        if active == 0 or o.epoch != active:
+            return f"epoch {o.epoch} is no longer the active epoch ({active}) before sending"
+        if self.paused():
+            return "pause/kill switch set before sending"
+        if self.clock.now() >= o.end_ts:
+            return "window ended before sending"
+        return None
+
     async def _execute(self, o: OrderRow) -> None:
+        if o.state != _S.NEW:
+            log.error("order %s is %s, not NEW: not sending", o.client_key, o.state)
+            return
         req = OrderRequest.from_order(o, order_metadata(o.slot, o.window_start))
         try:
             p = await self.executor.prepare(req)
         except (PrepareError, RetryableError, InputError) as e:
             self.fail(o, f"prepare: {e}")
+            return
+        except Exception as e:          # a bug or a malformed reply: still nothing was sent
+            log.exception("order %s: prepare failed unexpectedly", o.client_key)
+            self.fail(o, f"prepare: {type(e).__name__}: {e}")
+            return
+        # prepare may have taken a while (network): the world may have changed meanwhile
+        why = self.send_blocked(o)
+        if why is not None:
+            self.fail(o, why)
             return
         with self.journal.transaction():
             self.journal.update_order(o, _S.SENDING, order_id=p.order_id,
@@ -219,22 +294,54 @@ class Engine:
             self.changed(o)
             return
         self.crash.hit("after_send")
+        if res.status == OrderStatus.REJECTED and (res.order_id or o.order_id):
+            # The exchange said no, but an id exists: make sure it has no trace of the order
+            # before the rejection becomes final (journal the reply first, then look).
+            self.record(o, res, "reply")
+            seen = await self._lookup(o)
+            if seen is not None and seen.status in (OrderStatus.FILLED, OrderStatus.ACKED):
+                self.apply(o, seen, "lookup")
+            else:
+                if seen is not None:
+                    self.record(o, seen, "lookup")
+                self.apply(o, res, "reply", journal_event=False)
+            return
         self.apply(o, res, "reply")
+        if o.state == _S.FILLED and self.journal.has_provisional_fills(o.client_key):
+            # The reply's amounts are booked; now the venue's own trades (their ids, fees).
+            seen = await self._lookup(o)
+            if seen is not None and seen.status == OrderStatus.FILLED:
+                self.apply(o, seen, "fills")
 
-    def apply(self, o: OrderRow, res: OrderResult, kind: str) -> None:
+    async def _lookup(self, o: OrderRow) -> OrderResult | None:
+        try:
+            return await self.executor.lookup(o)
+        except Exception as e:            # read-only: the loops look again later
+            log.warning("lookup of %s failed: %s", o.client_key, e)
+            return None
+
+    def record(self, o: OrderRow, res: OrderResult, kind: str) -> None:
+        """Journal what the venue said, without moving the order."""
+        with self.journal.transaction():
+            self.journal.event(o.client_key, kind, _result_body(res))
+
+    def apply(self, o: OrderRow, res: OrderResult, kind: str, *,
+              journal_event: bool = True) -> None:
         """Journal what the venue said about ``o`` and move it accordingly."""
         with self.journal.transaction():
-            self.journal.event(o.client_key, kind, {
-                "status": str(res.status), "order_id": res.order_id, "error": res.error,
-                "fills": [f.__dict__ for f in res.fills], "raw": res.raw})
+            if journal_event:
+                self.journal.event(o.client_key, kind, _result_body(res))
             order_id = res.order_id or o.order_id
             if res.status == OrderStatus.FILLED and res.fills:
-                self.journal.record_fills(o.client_key, res.fills)
+                if not self._book_fills(o, res):
+                    log.warning("order %s: the venue shows %.4f shares, fewer than the reply's "
+                                "%.4f; keeping the reply's until it shows all", o.client_key,
+                                res.shares, o.shares)
                 fills = self.journal.fills(o.client_key)
-                shares = sum(f.size for f in fills)
                 self.journal.update_order(
                     o, _S.FILLED if o.state != _S.SETTLED else None, order_id=order_id,
-                    shares=shares, cost=sum(f.size * f.price for f in fills),
+                    shares=sum(f.size for f in fills),
+                    cost=sum(f.size * f.price for f in fills),
                     fees=sum(f.fee for f in fills), error="")
             elif res.status in (OrderStatus.ACKED, OrderStatus.FILLED):
                 if o.state in (_S.SENDING, _S.UNKNOWN):
@@ -247,12 +354,38 @@ class Engine:
                  if o.state == _S.FILLED else f" ({res.error})" if res.error else "")
         self.changed(o)
 
+    def _book_fills(self, o: OrderRow, res: OrderResult) -> bool:
+        """Journal ``res``'s fills. The venue's trades replace fills taken from a reply's
+        amounts (provisional) once they add up to at least as many shares; False when they
+        do not yet (then they are not booked)."""
+        real = [f for f in res.fills if not f.provisional]
+        if real and self.journal.has_provisional_fills(o.client_key):
+            booked = sum(f.size for f in self.journal.fills(o.client_key))
+            if sum(f.size for f in real) + 1e-6 < booked:
+                return False
+            self.journal.drop_provisional_fills(o.client_key)
+            self.journal.record_fills(o.client_key, real)
+            return True
+        if not real and self.journal.fills(o.client_key):
+            return True                   # a reply's amounts never replace venue trades
+        self.journal.record_fills(o.client_key, res.fills)
+        return True
+
     def fail(self, o: OrderRow, why: str) -> None:
         with self.journal.transaction():
             self.journal.event(o.client_key, "failed", {"error": why})
             self.journal.update_order(o, _S.FAILED, error=why[:500])
         log.warning("order %s failed: %s", o.client_key, why)
         self.changed(o)
+
+    def refresh(self, ck: str) -> None:
+        """Replace the in-memory copy of an order with the journal's row."""
+        row = self.journal.order(ck)
+        if row is not None:
+            old = self.book.get(ck)
+            if old is not None:
+                self.book.pop(ck)
+            self.changed(row)
 
     # -- lookups, settlement, reconciliation (settle.py, reconcile.py) --------------------
 
@@ -277,24 +410,33 @@ class Engine:
     # -- shared memory ----------------------------------------------------------------------
 
     def changed(self, o: OrderRow) -> None:
-        """Mirror ``o`` (just journaled) into the book, shared memory and the stats."""
-        if o.state in FINAL_STATES:
-            self.book.pop(o.client_key, None)
-        else:
+        """Mirror ``o`` (just journaled) into the book, shared memory and the counters."""
+        was_held = self.book.pop(o.client_key, None) is not None
+        if o.state not in FINAL_STATES:
             self.book[o.client_key] = o
         self.store.upsert(o)
+        self.counters.on_order(o, settled_now=was_held and o.state == _S.SETTLED)
         self.publish()
 
     def stats(self) -> Stats:
-        return compute(self.journal, list(self.book.values()), paused=self.paused())
+        return self.counters.snapshot(list(self.book.values()), paused=self.paused())
 
-    def publish(self) -> None:
+    def publish(self, *, force: bool = False) -> None:
+        """Write the posstats row, at most every ``publish_every_s`` (the rest is marked
+        dirty and written by ``flush_status`` from the heartbeat)."""
+        now = self.clock.monotonic_ns()
+        if not force and now - self._published_ns < self.cfg.publish_every_s * 1e9:
+            self._dirty = True
+            return
+        self._published_ns = now
+        self._dirty = False
         self._paused_seen = self.paused()
         self.store.publish(self.stats())
 
-    def publish_if_paused_changed(self) -> None:
-        if self.paused() != self._paused_seen:
-            self.publish()
+    def flush_status(self) -> None:
+        """Publish what is pending, and any change of the pause/kill flags (heartbeat)."""
+        if self._dirty or self.paused() != self._paused_seen:
+            self.publish(force=True)
 
     async def drain(self, timeout_s: float) -> None:
         """Let in-flight orders reach a journaled reply before stopping."""
@@ -303,3 +445,9 @@ class Engine:
             _done, pending = await asyncio.wait(set(self.tasks), timeout=timeout_s)
             for t in pending:
                 t.cancel()
+
+
+def _result_body(res: OrderResult) -> dict[str, Any]:
+    return {"status": str(res.status), "order_id": res.order_id, "error": res.error,
+            "fills": [f.__dict__ for f in res.fills], "raw": res.raw}
+

@@ -1,6 +1,7 @@
 """Market resolution from Gamma: ``/markets/slug/{slug}``, the same in the sim and production.
 
-A market is resolved when it is ``closed`` and its ``outcomePrices`` have settled to payout
+A market is resolved when ``closed`` is JSON ``true`` and its ``outcomePrices`` (each finite
+and within [0, 1], else the document is malformed) have settled to payout
 values (each price 0 or 1, or a documented split such as 0.5/0.5 with a resolved UMA
 status). ``outcomes`` and ``outcomePrices`` are JSON-encoded strings; outcomes are paired with
 prices by position, and Up is never assumed to be first.
@@ -9,6 +10,7 @@ prices by position, and Up is never assumed to be first.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import aiohttp
@@ -44,7 +46,7 @@ def parse_resolution(doc: dict) -> Resolution | None:
     """The market's payouts if it is resolved, else None. Raises InputError when malformed."""
     if not isinstance(doc, dict):
         raise InputError("market is not an object")
-    if not doc.get("closed"):
+    if doc.get("closed") is not True:          # only a real JSON true ("false" is truthy)
         return None
     try:
         names = [str(x).strip().lower() for x in _json_list(doc.get("outcomes"))]
@@ -53,6 +55,8 @@ def parse_resolution(doc: dict) -> Resolution | None:
         raise InputError(f"bad outcomes/outcomePrices: {e}") from None
     if len(names) != len(prices) or not names:
         raise InputError("outcomes and outcomePrices differ in length")
+    if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in prices):
+        raise InputError(f"outcomePrices outside [0, 1]: {truncate(str(prices))}")
     binary = all(p <= 0.001 or p >= 0.999 for p in prices)
     split = str(doc.get("umaResolutionStatus", "")).lower() == "resolved"
     if not (binary or split) or abs(sum(prices) - 1.0) > 0.01:

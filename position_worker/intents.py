@@ -15,7 +15,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +23,6 @@ from core.markets import N_SLOTS
 from state.layout import INTENT_DT, Outcome
 from state.ring import RingReader, RingWriter
 from state.run import INTENT_RING_CAPACITY, RunPaths
-from state.segment import Header
 
 LANES = (0, 1)
 
@@ -141,12 +139,6 @@ class IntentWriter:
             self._w = None
 
 
-def ring_created_ns(path: Path) -> int:
-    """The ring segment's creation stamp: tells a re-created ring from an adopted one."""
-    with open(path, "rb") as f:
-        return Header.parse(f.read(64)).created_ns
-
-
 class IntentSource:
     """The position worker side: owns both lanes' rings and reads them."""
 
@@ -165,13 +157,29 @@ class IntentSource:
             raise
 
     def identity(self, lane: int) -> int:
-        return ring_created_ns(self.readers[lane].path)
+        """The lane's ring creation stamp: tells a re-created ring from an adopted one.
+
+        Read from the header of our own mapping (never by reopening the path, which another
+        process may be replacing or unlinking at that moment)."""
+        seg = self._owners[lane]._seg
+        assert seg is not None
+        return seg.header().created_ns
+
+    def adopted(self, lane: int) -> bool:
+        """True when the lane's ring existed before this process (crash/restart)."""
+        return bool(self._owners[lane].adopted)
 
     def resume(self, lane: int, next_seq: int) -> None:
         """Skip what an earlier incarnation already journaled (``next_seq`` = first new)."""
         r = self.readers[lane]
         oldest = max(0, r.head() - r.capacity + 1)
         r.cursor = min(max(next_seq, oldest), r.head())
+
+    def skip_to_head(self, lane: int) -> None:
+        """Read only intents published from now on (nothing journaled says which old ones
+        were handled)."""
+        r = self.readers[lane]
+        r.cursor = r.head()
 
     def poll(self, max_records: int = 64) -> list[Intent]:
         out: list[Intent] = []

@@ -15,6 +15,13 @@ Tables:
 - ``settlements``: one row per settled order.
 - ``events``: an append-only log of requests, replies, lookups and mismatches (JSON bodies).
 - ``meta``: per-lane ring identity and the next ring sequence to read.
+
+Every order change is compare-and-set: ``UPDATE ... WHERE client_key=? AND state=?`` with the
+state the caller's copy was read in, and exactly one row must change (``OrderConflict``
+otherwise). A second writer (which the worker's run-dir lock already excludes) or a stale
+in-memory copy therefore can never move an order behind another's back. The caller's
+``OrderRow`` is changed only after the transaction commits, so a failed commit leaves memory
+equal to the journal.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import contextlib
 import enum
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -63,6 +70,8 @@ CREATE INDEX IF NOT EXISTS events_kind ON events(kind);
 CREATE INDEX IF NOT EXISTS events_key ON events(client_key);
 CREATE INDEX IF NOT EXISTS orders_window ON orders(window_start);
 CREATE INDEX IF NOT EXISTS orders_token ON orders(token);
+CREATE INDEX IF NOT EXISTS settlements_ts ON settlements(settled_ts);
+CREATE INDEX IF NOT EXISTS fills_key ON fills(client_key);
 """
 
 
@@ -96,6 +105,11 @@ FINAL_STATES = (_S.REJECTED, _S.FAILED, _S.SETTLED)
 
 class JournalError(RuntimeError):
     pass
+
+
+class OrderConflict(JournalError):
+    """The journal no longer holds the order in the state the caller's copy says: another
+    writer (or an older copy) moved it. Nothing was changed."""
 
 
 @dataclass
@@ -136,12 +150,20 @@ class OrderRow:
 _ORDER_COLS = [f.name for f in fields(OrderRow)]
 
 
+PROVISIONAL = ":reply"      # trade-id suffix of a fill taken from an order reply's amounts
+
+
 @dataclass(frozen=True)
 class Fill:
     trade_id: str
     price: float
     size: float
     fee: float
+
+    @property
+    def provisional(self) -> bool:
+        """Taken from the reply's amounts; the venue's own trades replace it when seen."""
+        return self.trade_id.endswith(PROVISIONAL)
 
 
 def _now_ns() -> int:
@@ -167,6 +189,8 @@ class Journal:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._depth = 0
+        self._on_commit: list[Callable[[], None]] = []
+        self._staged: dict[str, str] = {}        # client key -> state written, not committed
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -190,12 +214,28 @@ class Journal:
         self._depth = 1
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self._depth = 0
-            self.db.execute("ROLLBACK")
+            # Also when COMMIT itself failed: SQLite may leave the transaction open, and the
+            # next BEGIN would then fail forever.
+            self._end_transaction()
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
             raise
-        self._depth = 0
-        self.db.execute("COMMIT")
+        done = self._end_transaction()
+        for apply in done:
+            apply()
+
+    def _end_transaction(self) -> list[Callable[[], None]]:
+        done, self._on_commit, self._depth = self._on_commit, [], 0
+        self._staged.clear()
+        return done
+
+    def _after_commit(self, fn: Callable[[], None]) -> None:
+        if self._depth:
+            self._on_commit.append(fn)
+        else:
+            fn()                               # autocommit: the statement is already durable
 
     def close(self) -> None:
         """Idempotent. Checkpoints the WAL so the file is self-contained."""
@@ -295,20 +335,36 @@ class Journal:
             "SELECT token, client_key FROM orders WHERE token != ''").fetchall()}
 
     def update_order(self, o: OrderRow, new_state: str | None = None, **changes: Any) -> None:
-        """Apply ``changes`` (and a state transition, checked) to the row and to ``o``."""
-        if new_state is not None and new_state != o.state:
-            allowed = ORDER_TRANSITIONS[OrderState(o.state)]
+        """Apply ``changes`` (and a checked state transition) to ``o``'s row, compare-and-set
+        on the state ``o`` holds; ``o`` itself is updated once the transaction commits.
+
+        Raises ``JournalError`` for a refused transition, ``OrderConflict`` when the row is no
+        longer in ``o``'s state (nothing is written then)."""
+        state = self._staged.get(o.client_key, o.state)      # earlier writes in this txn
+        if new_state is not None and new_state != state:
+            allowed = ORDER_TRANSITIONS[OrderState(state)]
             if OrderState(new_state) not in allowed:
-                raise JournalError(f"order {o.client_key}: {o.state} -> {new_state} refused")
+                raise JournalError(f"order {o.client_key}: {state} -> {new_state} refused")
             changes["state"] = str(new_state)
         changes["updated_ns"] = _now_ns()
-        for k, v in changes.items():
+        for k in changes:
             if k not in _ORDER_COLS:
                 raise JournalError(f"unknown order column {k}")
-            setattr(o, k, v)
         sets = ",".join(f"{k}=?" for k in changes)
-        self.db.execute(f"UPDATE orders SET {sets} WHERE client_key=?",
-                        [*changes.values(), o.client_key])
+        cur = self.db.execute(f"UPDATE orders SET {sets} WHERE client_key=? AND state=?",
+                              [*changes.values(), o.client_key, str(state)])
+        if cur.rowcount != 1:
+            row = self.db.execute("SELECT state FROM orders WHERE client_key=?",
+                                  (o.client_key,)).fetchone()
+            raise OrderConflict(f"order {o.client_key}: expected {state}, journal has "
+                                f"{row[0] if row else 'no row'}; not changed")
+        if self._depth:
+            self._staged[o.client_key] = changes.get("state", state)
+
+        def apply() -> None:
+            for k, v in changes.items():
+                setattr(o, k, v)
+        self._after_commit(apply)
 
     # -- fills, settlements, events ---------------------------------------------------------
 
@@ -327,6 +383,14 @@ class Journal:
         rows = self.db.execute("SELECT trade_id, price, size, fee FROM fills WHERE "
                                "client_key=? ORDER BY rowid", (client_key,)).fetchall()
         return [Fill(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def has_provisional_fills(self, client_key: str) -> bool:
+        return self.db.execute("SELECT 1 FROM fills WHERE client_key=? AND trade_id LIKE ?",
+                               (client_key, "%" + PROVISIONAL)).fetchone() is not None
+
+    def drop_provisional_fills(self, client_key: str) -> None:
+        self.db.execute("DELETE FROM fills WHERE client_key=? AND trade_id LIKE ?",
+                        (client_key, "%" + PROVISIONAL))
 
     def trade_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT trade_id FROM fills").fetchall()}
@@ -347,9 +411,9 @@ class Journal:
         return self.db.execute("SELECT * FROM settlements ORDER BY settled_ts, rowid").fetchall()
 
     def recent_wins(self) -> Iterator[bool]:
-        """Win flags of settlements, newest first (lazily: callers stop early)."""
-        cur = self.db.execute("SELECT win FROM settlements ORDER BY settled_ts DESC, "
-                              "rowid DESC")
+        """Win flags of settlements in booking order, newest first (lazily: callers stop
+        early). Booking order, not window order, so running counters can keep up."""
+        cur = self.db.execute("SELECT win FROM settlements ORDER BY rowid DESC")
         for (w,) in cur:
             yield bool(w)
 

@@ -1,13 +1,16 @@
 """``python -m position_worker --run-dir DIR [--mode sim|paper|live] [--live] ...``
 
-Start-up, in order: attach the control block and register; create/adopt the intent rings and
-the positions/posstats tables; open the journal; rebuild shared memory from the journal; start
+Start-up, in order: take the run dir's position lock (a second worker on the same run dir
+exits 3); attach the control block and register; create/adopt the intent rings and the
+positions/posstats tables; open the journal; rebuild shared memory from the journal; start
 the executor (retrying while the venue is unreachable); recover (resume unsent orders, look up
 unacknowledged ones, reconcile); then run. Shut-down is the mirror image, and lets in-flight
 orders reach a journaled reply first.
 
 Loops while running: intake (both intent lanes, decisions serialised), settlement, lookups +
 reconciliation, and the heartbeat (every 0.25 s wall, also during start-up and recovery).
+An ``OperatorError`` inside a loop stops the whole worker (exit 3) instead of silently ending
+that loop while the worker still reports RUNNING.
 """
 
 from __future__ import annotations
@@ -38,12 +41,22 @@ from position_worker.lifecycle import WorkerState, lifecycle
 from position_worker.markets import MarketsView
 from position_worker.positions import PositionStore
 from position_worker.risk import RiskConfig
+from position_worker.runlock import RunLock
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
 from state.run import RunPaths
 
 log = logging.getLogger("position_worker")
 EXIT_OPERATOR = 3          # "do not restart me": needs a human (credentials, layout, flags)
+# Loggers that print request headers (API key, passphrase, signature) at DEBUG: hpack/h2 log
+# every encoded header of an HTTP/2 request. Never below WARNING, whatever --log-level says.
+CHATTY_LOGGERS = ("hpack", "h2", "httpcore", "httpx")
+
+
+def configure_logging(level: str | None) -> None:
+    setup_logging(level)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,7 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--daily-loss-limit", type=float, default=RiskConfig.daily_loss_limit)
     ap.add_argument("--min-order-size", type=float, default=RiskConfig.min_order_size)
     ap.add_argument("--max-book-age", type=float, default=RiskConfig.max_book_age_s,
-                    help="wall seconds a scanned book stays usable")
+                    help="market-clock seconds a scanned book stays usable (at least "
+                         f"{RiskConfig.min_book_age_wall_s:g} wall s)")
     ap.add_argument("--lookup-grace", type=float, default=EngineConfig.lookup_grace_s,
                     help="clock seconds after a window's end before an unseen order fails")
     ap.add_argument("--settle-every", type=float, default=1.0, help="wall seconds")
@@ -84,9 +98,15 @@ class Venue:
 def resolve_venue(args: argparse.Namespace, paths: RunPaths) -> Venue:
     """Endpoints, clock and credentials for the mode. Refuses live without --live."""
     if args.mode == "live":
+        # Credentials first: every refusal below then happens with the secrets in memory,
+        # which is what the "no secret in the output" tests need to exercise.
+        creds = load_live(args.secret_file)
         if not args.live:
             raise OperatorError("--mode live trades real money and needs --live as well")
-        return Venue(Endpoints.production(), Clock.real(), load_live(args.secret_file))
+        if args.crash_at:
+            raise OperatorError("crash points (--crash-at / NOBLINK_POSITION_CRASH_AT) are for "
+                                "tests and are refused in live mode")
+        return Venue(Endpoints.production(), Clock.real(), creds)
     if args.live:
         raise OperatorError("--live is only meaningful with --mode live")
     if paths.sim_json.exists():
@@ -117,6 +137,7 @@ class Worker:
         self._stack = contextlib.ExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._clean = False          # set only after an orderly stop: may unlink then
+        self._fatal: OperatorError | None = None     # a loop needs an operator: stop
 
     async def _wait_stop(self, wall_s: float) -> bool:
         """Sleep ``wall_s`` or until stop; True when stopping."""
@@ -131,8 +152,12 @@ class Worker:
                     await body()
                 except RetryableError as e:
                     log.warning("%s: %s", name, e)
-                except OperatorError:
-                    raise
+                except OperatorError as e:
+                    # never let a loop end quietly while the worker says RUNNING
+                    log.error("%s needs an operator: %s; stopping the worker", name, e)
+                    self._fatal = e
+                    self.stop.set()
+                    return
                 except Exception:
                     log.exception("%s failed; continuing", name)
         self._tasks.append(asyncio.ensure_future(run()))
@@ -142,7 +167,7 @@ class Worker:
             self.control.heartbeat(WorkerSlot.POSITION, self.clock.monotonic_ns(),
                                    state=int(self.life.state))
             if self.life.state == WorkerState.RUNNING:
-                self.engine.publish_if_paused_changed()
+                self.engine.flush_status()
             if await self._wait_stop(0.25):
                 return
 
@@ -150,13 +175,21 @@ class Worker:
         args = self.args
         install_stop_signals(self.stop)
         paths, _doc = RunPaths.load(args.run_dir)
-        venue = resolve_venue(args, paths)
-        self.clock = venue.clock
-        self.control = ControlBlock.attach(paths.seg("control"))
-        self._stack.callback(self.control.close)
-        self.control.register(WorkerSlot.POSITION, WorkerRole.POSITION,
-                              state=int(self.life.state), label=f"position-{args.mode}",
-                              now_ns=self.clock.monotonic_ns())
+        # before anything that a second worker could disturb: the control slot, the rings,
+        # the journal. Held until the process exits.
+        lock = RunLock(paths.run_dir).acquire()
+        self._stack.callback(lock.release)
+        try:
+            venue = resolve_venue(args, paths)
+            self.clock = venue.clock
+            self.control = ControlBlock.attach(paths.seg("control"))
+            self._stack.callback(self.control.close)
+            self.control.register(WorkerSlot.POSITION, WorkerRole.POSITION,
+                                  state=int(self.life.state), label=f"position-{args.mode}",
+                                  now_ns=self.clock.monotonic_ns())
+        except BaseException:
+            self._stack.close()
+            raise
         hb = asyncio.ensure_future(self._heartbeat())
         try:
             return await self._run(paths, venue)
@@ -211,6 +244,8 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await engine.drain(10.0)
+            if self._fatal is not None:
+                raise self._fatal
             self._clean = True
             return self._stopped()
         finally:
@@ -230,7 +265,12 @@ class Worker:
         await self.engine.reconcile()
 
     def _resume_lanes(self, source: IntentSource, journal: Journal, engine: Engine) -> None:
-        """Start each lane after the last intent journaled from that very ring."""
+        """Start each lane after the last intent journaled from that very ring.
+
+        An adopted ring (it survived us) with no cursor at all in the journal means the
+        journal is new (or was replaced) while the rings are not: nothing says which of their
+        intents were handled, so only new ones are read. A ring created just now is read from
+        its start."""
         for lane in source.readers:
             ring_id = source.identity(lane)
             engine.ring_ids[lane] = ring_id
@@ -238,6 +278,11 @@ class Worker:
             if saved is not None and saved[0] == ring_id:
                 source.resume(lane, saved[1])
                 log.info("lane %d: resuming at seq %d", lane, source.readers[lane].cursor)
+            elif saved is None and source.adopted(lane):
+                source.skip_to_head(lane)
+                log.warning("lane %d: adopted ring but no cursor in the journal; skipping to "
+                            "seq %d (older intents are not replayed)", lane,
+                            source.readers[lane].cursor)
 
     async def _start_executor(self, executor: Executor) -> bool:
         delay = 0.5
@@ -269,8 +314,7 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)     # one INFO line per request
+    configure_logging(args.log_level)
     try:
         return run_async(Worker(args).run)
     except OperatorError as e:

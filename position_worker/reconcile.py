@@ -7,17 +7,24 @@
 - ``reconcile``: the account's recent trades, summed per token, against the journal's orders
   of the same horizon, and its open orders (this worker only places FOK orders). Fills found
   for an order the journal had failed are adopted. Each mismatch is journaled and counted once.
+  Shares are compared only for orders whose window started inside the trades' horizon, and
+  not for orders changed less than ``reconcile_grace_s`` (wall) before the trades were
+  fetched: their reply may land during the fetch, and a venue indexes trades with a delay.
+  The tokens the account has trades or open orders on are kept in ``venue_tokens``: intake
+  treats them as already ordered (a journal lost or replaced must not mean a second order).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from position_worker.executors.base import OrderStatus
-from position_worker.journal import OrderState
+from position_worker.executors.base import OrderResult, OrderStatus
+from position_worker.journal import FINAL_STATES, LIVE_STATES, OrderRow, OrderState
 
 if TYPE_CHECKING:
     from position_worker.engine import Engine
@@ -32,6 +39,7 @@ class Reconciler:
         self.eng = eng
         self._reported: set[str] = set()
         self._lock = asyncio.Lock()          # one lookup/reconcile pass at a time
+        self.venue_tokens: set[str] = set()  # tokens with our trades / open orders (last pass)
 
     def load_reported(self) -> None:
         """Mismatches journaled by earlier incarnations are not reported again."""
@@ -49,25 +57,34 @@ class Reconciler:
                    and not self.eng.in_flight(o.client_key)]
         for o in pending:
             try:
-                res = await self.eng.executor.lookup(o)
-            except Exception as e:        # read-only: safe to try again next round
-                log.warning("lookup of %s failed: %s", o.client_key, e)
-                continue
-            if res.status != OrderStatus.NOT_FOUND:
-                self.eng.apply(o, res, "lookup")
-                continue
-            expired = self.eng.clock.now() > o.end_ts + self.eng.cfg.lookup_grace_s
-            if o.state == _S.SENDING:
-                self.mismatch(o.client_key, "sent_not_found",
-                              "journaled as sent, unknown to the exchange", startup=startup)
-            if expired:
-                self.eng.fail(o, "never found on the exchange")
-            elif o.state == _S.SENDING:
-                with self.eng.journal.transaction():
-                    self.eng.journal.event(o.client_key, "lookup", {"status": "NOT_FOUND"})
-                    self.eng.journal.update_order(o, _S.UNKNOWN,
-                                                  error="sent without reply; not found yet")
-                self.eng.changed(o)
+                await self._resolve_one(o, startup)
+            except Exception:             # one order's bad reply must not stop the others
+                log.exception("lookup of %s: could not apply the result", o.client_key)
+                self.eng.refresh(o.client_key)
+
+    async def _resolve_one(self, o: OrderRow, startup: bool) -> None:
+        try:
+            res = await self.eng.executor.lookup(o)
+        except Exception as e:            # read-only: safe to try again next round
+            log.warning("lookup of %s failed: %s", o.client_key, e)
+            return
+        if self.eng.in_flight(o.client_key) or o.state in FINAL_STATES:
+            return                        # moved while we waited for the venue
+        if res.status != OrderStatus.NOT_FOUND:
+            self.eng.apply(o, res, "lookup")
+            return
+        expired = self.eng.clock.now() > o.end_ts + self.eng.cfg.lookup_grace_s
+        if o.state == _S.SENDING:
+            self.mismatch(o.client_key, "sent_not_found",
+                          "journaled as sent, unknown to the exchange", startup=startup)
+        if expired:
+            self.eng.fail(o, "never found on the exchange")
+        elif o.state == _S.SENDING:
+            with self.eng.journal.transaction():
+                self.eng.journal.event(o.client_key, "lookup", {"status": "NOT_FOUND"})
+                self.eng.journal.update_order(o, _S.UNKNOWN,
+                                              error="sent without reply; not found yet")
+            self.eng.changed(o)
 
     def mismatch(self, key_ck: str, kind: str, detail: Any, *, startup: bool = False) -> None:
         """Record a journal/exchange disagreement once (per key and kind)."""
@@ -79,6 +96,7 @@ class Reconciler:
             self.eng.journal.event(key_ck, "mismatch", {"key": key, "kind": kind,
                                                         "detail": detail, "startup": startup})
         log.warning("reconciliation mismatch %s: %s", key, detail)
+        self.eng.counters.on_mismatch()
         self.eng.publish()
 
     async def reconcile(self) -> None:
@@ -89,46 +107,97 @@ class Reconciler:
     async def _reconcile(self) -> None:
         # Only the recent past: windows that started within the horizon, trades matched
         # within it (a window's trades happen inside it), so a pass stays cheap forever.
-        since = int(self.eng.clock.now()) - self.eng.cfg.reconcile_horizon_s
+        eng = self.eng
+        since = int(eng.clock.now()) - eng.cfg.reconcile_horizon_s
+        fetched_ns = time.time_ns()       # wall, like the journal's updated_ns
         try:
-            trades = await self.eng.executor.trades(after=since)
-            opened = await self.eng.executor.open_orders()
+            trades = await eng.executor.trades(after=since)
+            opened = await eng.executor.open_orders()
         except Exception as e:
             log.warning("reconciliation skipped: %s", e)
             return
+        trades = _dicts(trades, "trade")
+        opened = _dicts(opened, "open order")
         held: dict[str, float] = defaultdict(float)
         for t in trades:
             if str(t.get("side", "")).upper() == "BUY" and t.get("status") != "FAILED":
-                held[str(t.get("asset_id", ""))] += float(t.get("size") or 0.0)
+                held[str(t.get("asset_id", ""))] += _size(t.get("size"))
+        self.venue_tokens = ({str(t.get("asset_id", "")) for t in trades}
+                             | {str(oo.get("asset_id", "")) for oo in opened}) - {""}
         # the book's own objects where they exist, so the book never holds a stale copy
-        orders = [self.eng.book.get(o.client_key, o)
-                  for o in self.eng.journal.orders_since(since - DAY_S)]
-        ids = {o.order_id: o.client_key for o in orders if o.order_id}
+        orders = [eng.book.get(o.client_key, o)
+                  for o in eng.journal.orders_since(since - DAY_S)]
+        ids = {o.order_id: o for o in orders if o.order_id}
+        by_token = {o.token: o for o in orders if o.token}
+        recent_ns = fetched_ns - int(eng.cfg.reconcile_grace_s * 1e9)
         for o in orders:
-            ex = held.pop(o.token, 0.0)
-            if self.eng.in_flight(o.client_key):
+            ex = held.pop(o.token, 0.0)       # older orders' tokens leave the totals too
+            if eng.in_flight(o.client_key):
                 continue                       # its own reply is on the way
-            if o.state in (_S.FILLED, _S.SETTLED):
-                if abs(ex - o.shares) > 0.01:
-                    self.mismatch(o.client_key, "shares",
-                                  f"journal {o.shares:.4f} vs exchange {ex:.4f} shares")
-            elif ex > 0.0:
-                if o.state in (_S.REJECTED, _S.FAILED):
-                    self.mismatch(o.client_key, "adopted",
-                                  f"{ex:.4f} shares on the exchange for a {o.state} order")
-                try:
-                    res = await self.eng.executor.lookup(o)
-                except Exception as e:
-                    log.warning("lookup of %s failed: %s", o.client_key, e)
-                    continue
-                if res.status == OrderStatus.FILLED:
-                    self.eng.apply(o, res, "reconcile")
+            try:
+                await self._compare(o, ex, in_horizon=o.window_start >= since,
+                                    settling=o.updated_ns > recent_ns)
+            except Exception:
+                log.exception("reconciliation of %s failed", o.client_key)
+                eng.refresh(o.client_key)
         for token, size in held.items():
-            if self.eng.journal.has_token(token):
+            if eng.journal.has_token(token):
                 continue                       # an order older than the horizon
             self.mismatch(token[:16], "unknown_trades",
                           f"{size:.4f} shares bought on a token no order of ours names")
         for oo in opened:
             oid = str(oo.get("id", ""))
-            self.mismatch(ids.get(oid, oid[:16]), "open_order",
+            o = ids.get(oid) or by_token.get(str(oo.get("asset_id", "")))
+            if o is not None and (o.state in LIVE_STATES or eng.in_flight(o.client_key)):
+                continue                       # e.g. a delayed order we know is ACKED
+            self.mismatch(o.client_key if o is not None else oid[:16], "open_order",
                           f"open order {oid} (this worker only places FOK orders)")
+
+    async def _compare(self, o: OrderRow, ex: float, *, in_horizon: bool,
+                       settling: bool) -> None:
+        """One order against the venue's share count ``ex`` for its token."""
+        eng = self.eng
+        if o.state in (_S.FILLED, _S.SETTLED):
+            if o.state == _S.FILLED and eng.journal.has_provisional_fills(o.client_key):
+                res = await self._lookup(o)    # the venue's own trades for the reply's amounts
+                if res is not None and res.status == OrderStatus.FILLED:
+                    eng.apply(o, res, "reconcile")
+                return
+            if in_horizon and not settling and abs(ex - o.shares) > 0.01:
+                self.mismatch(o.client_key, "shares",
+                              f"journal {o.shares:.4f} vs exchange {ex:.4f} shares")
+        elif ex > 0.0:
+            if o.state in (_S.REJECTED, _S.FAILED):
+                self.mismatch(o.client_key, "adopted",
+                              f"{ex:.4f} shares on the exchange for a {o.state} order")
+            res = await self._lookup(o)
+            if res is not None and res.status == OrderStatus.FILLED \
+                    and not eng.in_flight(o.client_key):
+                eng.apply(o, res, "reconcile")
+
+    async def _lookup(self, o: OrderRow) -> OrderResult | None:
+        try:
+            return await self.eng.executor.lookup(o)
+        except Exception as e:
+            log.warning("lookup of %s failed: %s", o.client_key, e)
+            return None
+
+
+def _dicts(items: object, what: str) -> list[dict]:
+    """The well-formed records of a venue listing; the rest is dropped and logged."""
+    if not isinstance(items, list):
+        log.warning("reconciliation: %s list is a %s, ignored", what, type(items).__name__)
+        return []
+    good = [x for x in items if isinstance(x, dict)]
+    if len(good) != len(items):
+        log.warning("reconciliation: %d malformed %s record(s) ignored", len(items) - len(good),
+                    what)
+    return good
+
+
+def _size(v: object) -> float:
+    try:
+        x = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return x if math.isfinite(x) else 0.0

@@ -19,9 +19,10 @@ class RiskConfig:
     stake: float = 5.0                # the fixed stake, $
     max_open: int = 16                # positions pending or open at once
     max_exposure: float = 80.0        # $ in pending + open positions, including this one
-    daily_loss_limit: float = 50.0    # stop when today's realised PnL <= -limit
+    daily_loss_limit: float = 50.0    # stop when today's PnL (see Book.pnl_today) <= -limit
     min_order_size: float = 5.0       # shares (Polymarket's minimum)
-    max_book_age_s: float = 20.0      # wall seconds since the scanner wrote the row
+    max_book_age_s: float = 20.0      # market-clock seconds since the scanner wrote the row
+    min_book_age_wall_s: float = 1.0  # ... but never less than this in wall seconds (jitter)
     stake_tolerance: float = 0.01
 
 
@@ -31,7 +32,9 @@ class Book:
 
     open_count: int
     exposure: float
-    realized_today: float
+    # realised PnL of windows that closed today (UTC, market clock), minus cost + fees of
+    # every filled position whose window is over but which is not settled yet (worst case)
+    pnl_today: float
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,24 @@ class Verdict:
 OK = Verdict(None)
 
 
+def max_book_age_wall_s(cfg: RiskConfig, speed: float) -> float:
+    """The book-age limit in wall seconds: ``max_book_age_s`` is market-clock time (prices
+    move with the market clock: at sim speed 60, 20 wall s are 20 market minutes), floored
+    at ``min_book_age_wall_s`` so scheduling jitter alone never makes a book stale."""
+    return max(cfg.max_book_age_s / max(speed, 1e-9), cfg.min_book_age_wall_s)
+
+
 def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, paused: bool,
-          now_s: float, now_mono_ns: int) -> Verdict:
+          now_s: float, now_mono_ns: int, speed: float = 1.0) -> Verdict:
     """The first failed limit, in a fixed order (cheapest and most fundamental first)."""
     if paused:
         return Verdict(RejectReason.PAUSED, "pause/kill switch is set")
     if abs(it.stake - cfg.stake) > cfg.stake_tolerance:
         return Verdict(RejectReason.STAKE, f"stake {it.stake} != fixed stake {cfg.stake}")
-    if book.realized_today <= -cfg.daily_loss_limit:
+    if book.pnl_today <= -cfg.daily_loss_limit:
         return Verdict(RejectReason.DAILY_LOSS,
-                       f"realised today {book.realized_today:.2f} <= -{cfg.daily_loss_limit}")
+                       f"today's PnL {book.pnl_today:.2f} (realised + unsettled worst case) "
+                       f"<= -{cfg.daily_loss_limit}")
     if book.open_count >= cfg.max_open:
         return Verdict(RejectReason.MAX_OPEN, f"{book.open_count} open >= {cfg.max_open}")
     if book.exposure + cfg.stake > cfg.max_exposure + 1e-9:
@@ -73,8 +84,9 @@ def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, pau
     if now_s >= q.end_ts:
         return Verdict(RejectReason.NOT_ACCEPTING, f"window ended at {q.end_ts}")
     age_s = (now_mono_ns - q.updated_ns) / 1e9
-    if q.updated_ns <= 0 or age_s > cfg.max_book_age_s:
-        return Verdict(RejectReason.STALE_BOOK, f"book is {age_s:.1f}s old")
+    if q.updated_ns <= 0 or age_s > max_book_age_wall_s(cfg, speed):
+        return Verdict(RejectReason.STALE_BOOK,
+                       f"book is {age_s:.2f} wall s ({age_s * speed:.1f} market s) old")
     ask, _size = q.ask(it.outcome)
     if not (math.isfinite(ask) and 0.0 < ask < 1.0):
         return Verdict(RejectReason.NO_BOOK, f"no ask ({ask})")

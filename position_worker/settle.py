@@ -1,8 +1,9 @@
 """Settlement: resolve each filled position from its market's resolution on Gamma.
 
 After a position's window has ended (market clock), poll ``/markets/slug/{slug}`` with a
-per-position backoff (0.5 s doubling to ``settle_backoff_max_s``) until the market is closed
-and its outcome prices are final. Payout = shares x the price of our outcome (1 or 0);
+per-position backoff (0.5 s doubling to ``settle_backoff_max_s``, wall time from the injected
+clock) until the market is closed and its outcome prices are final; a resolution that lacks
+our outcome backs off the same way. Payout = shares x the price of our outcome (1 or 0);
 ``pnl = payout - cost - fees``; a win is pnl > 0. The settlement row, the order's SETTLED
 state and its PnL are one journal transaction.
 """
@@ -10,7 +11,6 @@ state and its PnL are one journal transaction.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from core.errors import InputError, RetryableError
@@ -32,7 +32,7 @@ class Settler:
     async def settle_due(self) -> int:
         """Settle filled positions whose window is over and whose market has resolved."""
         now = self.eng.clock.now()
-        wall = time.monotonic()
+        wall = self.eng.clock.monotonic_ns() / 1e9
         cache: dict[str, Resolution | None] = {}
         n = 0
         due = [o for o in self.eng.book.values()
@@ -48,13 +48,13 @@ class Settler:
             except (RetryableError, InputError) as e:
                 log.warning("resolution of %s: %s", o.slug, e)
                 res = None
+            name = Outcome(o.outcome).name.lower()
+            if res is not None and name not in res.payouts:
+                log.error("resolution of %s has no outcome %r: %s", o.slug, name, res.payouts)
+                res = None
             if res is None:
                 d = min(delay * 2, self.eng.cfg.settle_backoff_max_s)
                 self.next_try[o.client_key] = (wall + delay, d)
-                continue
-            name = Outcome(o.outcome).name.lower()
-            if name not in res.payouts:
-                log.error("resolution of %s has no outcome %r: %s", o.slug, name, res.payouts)
                 continue
             payout = o.shares * res.payouts[name]
             pnl = payout - o.cost - o.fees

@@ -1,8 +1,17 @@
-"""Status numbers, computed from the journal (the truth), published in the "posstats" row."""
+"""Status numbers for the "posstats" row: counted as things happen, seeded from the journal.
+
+``compute`` derives every number from the journal (the truth); it runs once at start-up to
+seed a :class:`StatsKeeper`, which the engine then updates on every intent, order change,
+settlement and mismatch, so publishing never scans the journal (at a million journaled intents
+a scan took ~350 ms per intent). ``compute`` stays the reference the tests compare against.
+
+Streak and win rates follow booking order (settlement rows in the order they were written).
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +69,7 @@ def streak_of(wins: list[bool]) -> int:
 
 
 def compute(journal: Journal, book: list[OrderRow], *, paused: bool = False) -> Stats:
-    """Every number from scratch: cheap at this bot's rates, and never drifts."""
+    """Every number from scratch, from the journal (scans it: start-up and tests only)."""
     s = Stats(paused=paused)
     s.intents = journal.intent_count()
     db = journal.db
@@ -75,17 +84,84 @@ def compute(journal: Journal, book: list[OrderRow], *, paused: bool = False) -> 
     last = list(itertools.islice(journal.recent_wins(), 100))        # newest first
     s.win_rate_100 = sum(last) / len(last) if last else 0.0
     s.streak = streak_of(last[::-1])
-    if abs(s.streak) == len(last) == 100:                            # a streak past 100
-        s.streak = streak_of(list(journal.recent_wins())[::-1])
-    live = [o for o in book if o.state in LIVE_STATES or o.state == OrderState.FILLED]
-    s.pending = sum(o.state in LIVE_STATES for o in live)
-    s.open_positions = len(live)
-    s.exposure = sum(o.cost if o.state == OrderState.FILLED else o.stake for o in live)
+    if abs(s.streak) == len(last) == 100:            # a streak past 100: walk back lazily
+        n = sum(1 for _ in itertools.takewhile(lambda w: w == last[0], journal.recent_wins()))
+        s.streak = n if last[0] else -n
+    _book_numbers(s, book)
     s.rejected = {RejectReason(k).name: v for k, v in journal.rejections().items()
                   if k in RejectReason._value2member_map_}
     s.mismatches = int(db.execute("SELECT COUNT(*) FROM events WHERE kind='mismatch'")
                        .fetchone()[0])
     return s
+
+
+def _book_numbers(s: Stats, book: list[OrderRow]) -> None:
+    live = [o for o in book if o.state in LIVE_STATES or o.state == OrderState.FILLED]
+    s.pending = sum(o.state in LIVE_STATES for o in live)
+    s.open_positions = len(live)
+    s.exposure = sum(o.cost if o.state == OrderState.FILLED else o.stake for o in live)
+
+
+_COUNTED_FEES = (OrderState.FILLED, OrderState.SETTLED)
+
+
+class StatsKeeper:
+    """Running counters: seeded once from the journal, then moved by events, never by scans.
+
+    The open book's numbers (pending, open, exposure) are taken from the engine's in-memory
+    book when a snapshot is made (it holds at most a few dozen orders)."""
+
+    def __init__(self) -> None:
+        self.s = Stats()
+        self._last100: deque[bool] = deque(maxlen=100)
+        self._fees_of: dict[str, float] = {}       # fees counted for orders still FILLED
+
+    def seed(self, journal: Journal, book: list[OrderRow]) -> None:
+        """Start from the journal's numbers (one scan, at start-up)."""
+        self.s = compute(journal, book)
+        self._last100 = deque(reversed(list(itertools.islice(journal.recent_wins(), 100))),
+                              maxlen=100)
+        self._fees_of = {o.client_key: o.fees for o in book if o.state == OrderState.FILLED}
+
+    def on_intent(self, accepted: bool, reason: RejectReason | None) -> None:
+        self.s.intents += 1
+        if accepted:
+            self.s.orders += 1
+        elif reason is not None:
+            self.s.rejected[reason.name] = self.s.rejected.get(reason.name, 0) + 1
+
+    def on_order(self, o: OrderRow, *, settled_now: bool) -> None:
+        """``o`` was journaled in its current state; ``settled_now`` when this change is its
+        settlement (counted exactly once)."""
+        counted = o.fees if o.state in _COUNTED_FEES else 0.0
+        self.s.fees += counted - self._fees_of.pop(o.client_key, 0.0)
+        if o.state == OrderState.FILLED:
+            self._fees_of[o.client_key] = counted
+        if settled_now:
+            self._settled(o.pnl > 0, o.pnl)
+
+    def _settled(self, win: bool, pnl: float) -> None:
+        s = self.s
+        s.settled += 1
+        s.wins += int(win)
+        s.losses = s.settled - s.wins
+        s.pnl += pnl
+        s.win_rate_all = s.wins / s.settled
+        self._last100.append(win)
+        s.win_rate_100 = sum(self._last100) / len(self._last100)
+        if win:
+            s.streak = s.streak + 1 if s.streak > 0 else 1
+        else:
+            s.streak = s.streak - 1 if s.streak < 0 else -1
+
+    def on_mismatch(self) -> None:
+        self.s.mismatches += 1
+
+    def snapshot(self, book: list[OrderRow], *, paused: bool) -> Stats:
+        s = Stats(**{**self.s.as_dict(), "rejected": dict(self.s.rejected)})
+        _book_numbers(s, book)
+        s.paused = paused
+        return s
 
 
 def read_posstats(row: np.void) -> dict:

@@ -1,7 +1,8 @@
 """CLOB executor: py-clob-client-v2, against the simulator's CLOB or production.
 
-The client is synchronous (httpx), so every call runs in a worker thread
-(``asyncio.to_thread``); the event loop never waits on the network.
+The client is synchronous (httpx), so every call runs on this executor's own thread pool
+(``POOL_THREADS`` threads, not the loop's shared default pool, so sixteen slow sends plus
+lookups never queue behind each other); the event loop never waits on the network.
 
 Order shape: a market BUY, fill-or-kill, ``amount`` = the stake in dollars and ``price`` =
 the intent's max price. The signed order then says "pay $stake for at least stake/max_price
@@ -17,13 +18,24 @@ BUY trades on the order's token as that order's fills.
 
 ``retry_on_error`` stays False: the client would otherwise re-POST an order after a
 transient error, which is exactly the duplicate this worker exists to prevent.
+
+Reply policy (``_place_sync`` / ``_from_reply``): status ``matched`` is a fill (its fills are
+taken from the reply's amounts, marked provisional; the engine journals them and then asks the
+venue for the trades, which replace them), ``live``/``delayed`` an acknowledgement, even when
+the ``success`` field is missing. ``success: false`` together with one of those statuses, a
+reply that is not an object, or one with neither a status nor an error is uncertain (looked
+up, never re-sent). An explicit error, a 4xx, or another status (``unmatched``: the FOK was
+killed) is a rejection, which the engine confirms with a lookup before it is final.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from py_clob_client_v2.client import ClobClient
 from py_clob_client_v2.clob_types import (
@@ -55,6 +67,8 @@ from position_worker.journal import Fill, OrderRow
 
 log = logging.getLogger(__name__)
 POLYGON = 137
+POOL_THREADS = 16         # >= the most orders in flight at once (16 slots) + lookups
+_R = TypeVar("_R")
 
 
 class _Client(ClobClient):
@@ -94,19 +108,33 @@ class ClobExecutor(Executor):
         self._client: _Client | None = None
         self._version = 2
         self.address = ""
+        self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="clob")
+
+    async def _call(self, fn: Callable[..., _R], *args: Any) -> _R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    async def close(self) -> None:
+        """Idempotent. A call still running in the pool finishes on its own thread."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Build the client and make sure it holds L2 (API key) credentials."""
-        await asyncio.to_thread(self._start_sync)
+        await self._call(self._start_sync)
 
     def _start_sync(self) -> None:
         c = self._creds
         api = (ApiCreds(c.api_key, c.api_secret, c.api_passphrase) if c.has_api_creds
                else None)
-        client = _Client(self.host, self.chain_id, key=c.private_key, creds=api,
-                         signature_type=c.signature_type, funder=c.funder or None)
+        try:
+            client = _Client(self.host, self.chain_id, key=c.private_key, creds=api,
+                             signature_type=c.signature_type, funder=c.funder or None)
+        except (ValueError, TypeError) as e:
+            # the signer's message may quote the key: name the type only
+            raise OperatorError(f"the private key was refused by the signer "
+                                f"({type(e).__name__})") from None
         if api is None:
             try:
                 client.set_api_creds(client.create_or_derive_api_key())
@@ -128,7 +156,7 @@ class ClobExecutor(Executor):
     # -- orders -------------------------------------------------------------------------------
 
     async def prepare(self, req: OrderRequest) -> Prepared:
-        return await asyncio.to_thread(self._prepare_sync, req)
+        return await self._call(self._prepare_sync, req)
 
     def _prepare_sync(self, req: OrderRequest) -> Prepared:
         args = MarketOrderArgsV2(token_id=req.token, amount=req.stake, side="BUY",
@@ -149,7 +177,7 @@ class ClobExecutor(Executor):
         return Prepared(req, order_hash, payload, native=signed)
 
     async def place(self, p: Prepared) -> OrderResult:
-        return await asyncio.to_thread(self._place_sync, p)
+        return await self._call(self._place_sync, p)
 
     def _place_sync(self, p: Prepared) -> OrderResult:
         try:
@@ -165,25 +193,31 @@ class ClobExecutor(Executor):
         return self._from_reply(p, resp)
 
     def _from_reply(self, p: Prepared, resp: Any) -> OrderResult:
+        """The POST /order reply, classified (see the module doc). No network call here: the
+        reply is journaled first, the venue's trades are fetched after."""
         if not isinstance(resp, dict):
             raise SendUncertain(f"unexpected reply {truncate(str(resp))}")
         order_id = str(resp.get("orderID") or p.order_id)
-        if not resp.get("success", False) or resp.get("errorMsg"):
-            if resp.get("success") and resp.get("status") in ("matched", "live", "delayed"):
-                pass                                  # informational errorMsg
-            else:
-                return OrderResult(OrderStatus.REJECTED, order_id,
-                                   error=str(resp.get("errorMsg") or resp.get("error") or
-                                             "rejected"), raw=resp)
-        status = str(resp.get("status", "")).lower()
-        if status == "matched":
-            fills = self._matched_fills(p.request.token, order_id)
-            if not fills:
-                fills = self._fills_from_amounts(order_id, resp)
-            return OrderResult(OrderStatus.FILLED, order_id, fills, raw=resp)
-        if status in ("live", "delayed"):
+        status = str(resp.get("status") or "").lower()
+        success = resp.get("success")
+        if status in ("matched", "live", "delayed"):
+            if success is False:
+                raise SendUncertain(f"contradictory reply (success false, status {status}): "
+                                    f"{truncate(str(resp))}")
+            if status == "matched":
+                # provisional fills from the amounts; FILLED without them becomes ACKED and
+                # the lookups find the trades
+                return OrderResult(OrderStatus.FILLED, order_id,
+                                   self._fills_from_amounts(order_id, resp), raw=resp)
             return OrderResult(OrderStatus.ACKED, order_id, raw=resp)
-        return OrderResult(OrderStatus.REJECTED, order_id, error=f"status {status!r}", raw=resp)
+        error = resp.get("errorMsg") or resp.get("error")
+        if success is False or error:
+            return OrderResult(OrderStatus.REJECTED, order_id,
+                               error=str(error or "rejected")[:500], raw=resp)
+        if status:
+            return OrderResult(OrderStatus.REJECTED, order_id, error=f"status {status!r}",
+                               raw=resp)
+        raise SendUncertain(f"reply without status or error: {truncate(str(resp))}")
 
     def _fills_from_amounts(self, order_id: str, resp: dict) -> list[Fill]:
         """BUY: makingAmount = dollars paid, takingAmount = shares received."""
@@ -213,7 +247,7 @@ class ClobExecutor(Executor):
             raw = self.client.get_trades(TradeParams(asset_id=token))
         except PolyException as e:
             raise RetryableError(f"trades lookup: {_err(e)}") from None
-        ours = [t for t in map(normalise_trade, raw)
+        ours = [t for t in map(normalise_trade, _records(raw, "trades"))
                 if t["asset_id"] == token and t["side"] == "BUY" and t["status"] != "FAILED"
                 and t["trader_side"] != "MAKER"]
         if order_id and any(t["order_id"] == order_id for t in ours):
@@ -221,16 +255,8 @@ class ClobExecutor(Executor):
         fills = [Fill(t["id"], t["price"], t["size"], self._fee(t)) for t in ours]
         return fills, {t["order_id"] for t in ours if t["order_id"]}
 
-    def _matched_fills(self, token: str, order_id: str) -> list[Fill]:
-        try:
-            fills, _ids = self._fills_for(token, order_id)
-        except RetryableError as e:
-            log.warning("%s; using the reply's amounts", e)
-            return []
-        return fills
-
     async def lookup(self, o: OrderRow) -> OrderResult:
-        return await asyncio.to_thread(self._lookup_sync, o)
+        return await self._call(self._lookup_sync, o)
 
     def _lookup_sync(self, o: OrderRow) -> OrderResult:
         fills, ids = self._fills_for(o.token, o.order_id)
@@ -260,12 +286,23 @@ class ClobExecutor(Executor):
         return OrderResult(OrderStatus.NOT_FOUND, o.order_id)
 
     async def open_orders(self) -> list[dict]:
-        return await asyncio.to_thread(self.client.get_open_orders)
+        return await self._call(self.client.get_open_orders)
 
     async def trades(self, after: int | None = None) -> list[dict]:
         params = TradeParams(after=after) if after else None
-        raw = await asyncio.to_thread(self.client.get_trades, params)
-        return [normalise_trade(t) for t in raw]
+        raw = await self._call(self.client.get_trades, params)
+        return [normalise_trade(t) for t in _records(raw, "trades")]
+
+
+def _records(raw: Any, what: str) -> list[dict]:
+    """The dict records of a venue listing; anything else is dropped and logged."""
+    if not isinstance(raw, list):
+        log.warning("%s: expected a list, got %s", what, truncate(str(raw)))
+        return []
+    good = [t for t in raw if isinstance(t, dict)]
+    if len(good) != len(raw):
+        log.warning("%s: %d malformed record(s) dropped", what, len(raw) - len(good))
+    return good
 
 
 def _err(e: BaseException) -> str:

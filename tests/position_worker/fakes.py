@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,7 +71,11 @@ class FakeVenue(Executor):
     """Fills every order at its token's scripted price unless told otherwise.
 
     ``mode``: "fill" | "reject" | "uncertain_sent" (the venue fills it, the reply is lost) |
-    "uncertain_unsent" (the request never arrived).
+    "uncertain_unsent" (the request never arrived) | "reject_but_filled" (the reply says no,
+    the venue has the fill) | "provisional" (the reply carries only amounts: a provisional
+    fill; the venue's trade is what lookups see).
+    ``before_prepare`` runs inside prepare (the world changing while it waits on the network);
+    ``prepare_error`` is raised by prepare.
     """
 
     price: float = 0.5
@@ -80,9 +85,17 @@ class FakeVenue(Executor):
     prepared: int = 0
     name: str = "fake"
     gate: asyncio.Event | None = None        # when set, place() waits for it (a slow reply)
+    before_prepare: Callable[[], None] | None = None
+    prepare_error: BaseException | None = None
+    open: list = field(default_factory=list)   # what open_orders() returns
 
     async def prepare(self, req: OrderRequest) -> Prepared:
         self.prepared += 1
+        if self.before_prepare is not None:
+            self.before_prepare()
+        await asyncio.sleep(0)                   # a real prepare yields to the loop
+        if self.prepare_error is not None:
+            raise self.prepare_error
         return Prepared(req, f"0xid-{req.client_key}", {"token": req.token,
                                                         "metadata": req.metadata})
 
@@ -101,6 +114,14 @@ class FakeVenue(Executor):
             await self.gate.wait()               # ... the reply is slow
         if self.mode == "reject":
             return OrderResult(OrderStatus.REJECTED, p.order_id, error="no liquidity")
+        if self.mode == "reject_but_filled":
+            self._fill(p)
+            return OrderResult(OrderStatus.REJECTED, p.order_id, error="timeout in matching")
+        if self.mode == "provisional":
+            real = self._fill(p)
+            f = real.fills[0]
+            return OrderResult(OrderStatus.FILLED, p.order_id,
+                               [Fill(f"{p.order_id}:reply", f.price, f.size, 0.0)])
         if self.mode == "uncertain_unsent":
             raise SendUncertain("connection reset")
         res = self._fill(p)
@@ -112,7 +133,7 @@ class FakeVenue(Executor):
         return self.orders.get(o.token) or OrderResult(OrderStatus.NOT_FOUND, o.order_id)
 
     async def open_orders(self) -> list[dict]:
-        return []
+        return list(self.open)
 
     async def trades(self, after: int | None = None) -> list[dict]:
         return [{"id": r.fills[0].trade_id, "asset_id": tok, "side": "BUY",

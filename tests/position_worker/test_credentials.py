@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from core.errors import OperatorError
 from position_worker.credentials import Credentials, CredentialsError, load_live
 
 SECRET = "0x" + "ab" * 32
@@ -50,3 +51,31 @@ def test_sim_key_is_deterministic_per_run() -> None:
     assert a.private_key == b.private_key != Credentials.sim_throwaway("r2").private_key
     from eth_account import Account
     assert Account.from_key(a.private_key).address.startswith("0x")
+
+
+def test_secret_file_symlink_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real.json"
+    real.write_bytes(orjson.dumps({"private_key": SECRET}))
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    with pytest.raises(CredentialsError, match="symlink"):
+        load_live(link)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file away")
+def test_secret_file_must_be_ours(tmp_path: Path) -> None:
+    f = tmp_path / "secret.json"
+    f.write_bytes(orjson.dumps({"private_key": SECRET}))
+    os.chmod(f, 0o600)
+    os.chown(f, 65534, 65534)
+    with pytest.raises(CredentialsError, match="owned by uid 65534"):
+        load_live(f)
+
+
+@pytest.mark.parametrize("bad", ["0x" + "ab" * 31, "0x" + "zz" * 32, "ab" * 33, "not a key"])
+def test_malformed_private_key_is_refused_without_echo(bad: str) -> None:
+    with pytest.raises(CredentialsError) as e:
+        Credentials.from_env({"NOBLINK_PK": bad})
+    assert bad not in str(e.value) and "malformed" in str(e.value)
+    assert issubclass(CredentialsError, OperatorError)         # exit 3: needs a human

@@ -19,11 +19,11 @@ from position_worker.positions import PositionStore
 from position_worker.reasons import RejectReason
 from position_worker.risk import RiskConfig
 from position_worker.stats import read_posstats
-from state.control import ControlBlock
-from state.layout import POSITION_DT, POSITION_STATS_DT, Outcome, PositionState
+from state.control import ControlBlock, WorkerSlot
+from state.layout import POSITION_DT, POSITION_STATS_DT, Outcome, PositionState, WorkerRole
 from state.run import RunPaths
 from state.table import TableReader
-from tests.position_worker.fakes import FakeGamma, FakeVenue, MarketTable
+from tests.position_worker.fakes import FakeGamma, FakeVenue, MarketTable, up_token
 
 T0 = 1_700_000_100            # aligned to 300 s and 900 s
 EPOCH = 7
@@ -71,6 +71,7 @@ class Rig:
                 for r in rows if r["state"]}
 
     def posstats(self) -> dict:
+        self.engine.flush_status()              # publishing is coalesced (every 0.25 s)
         t = TableReader(self.paths.seg("posstats"), POSITION_STATS_DT)
         try:
             return read_posstats(t.read(0))
@@ -85,6 +86,13 @@ def make_engine(rig: Rig, **cfg: object) -> Engine:
                   gamma=rig.gamma, control=rig.control, clock=rig.clock, cfg=ecfg)
 
 
+def register_lanes(control: ControlBlock, epoch0: int, epoch1: int) -> None:
+    """Play the strategy workers: each registers its lane's slot with its epoch."""
+    for lane, epoch in ((0, epoch0), (1, epoch1)):
+        control.register(WorkerSlot.strategy(lane), WorkerRole.STRATEGY, lane=lane,
+                         epoch=epoch, label=f"strategy{lane}")
+
+
 class RigClock(ManualClock):
     """Manual market time; real monotonic time (the scanner stamps rows with it)."""
 
@@ -96,6 +104,7 @@ class RigClock(ManualClock):
 def rig(run_paths: RunPaths, control: ControlBlock, markets: MarketTable):
     clock = RigClock(start=T0 + 10)
     control.set_active_epoch(EPOCH)
+    register_lanes(control, EPOCH, EPOCH)
     r = Rig(run_paths, control, markets, clock, FakeVenue(), FakeGamma(),
             Journal(run_paths.journal), PositionStore(run_paths), MarketsView(run_paths),
             engine=None)  # type: ignore[arg-type]
@@ -185,7 +194,7 @@ async def test_pause_blocks_new_orders(rig: Rig) -> None:
     rig.control.set_paused(True)
     assert rig.engine.decide(intent()) is None
     assert rejected(rig) == {"PAUSED": 1}
-    rig.engine.publish_if_paused_changed()
+    rig.engine.flush_status()
     assert rig.posstats()["paused"] == 1
     rig.control.set_paused(False)
     assert rig.engine.decide(intent(seq=1)) is not None
@@ -319,14 +328,31 @@ async def test_sending_row_left_by_crash(rig: Rig) -> None:
     assert rig.venue.placed == []                                   # nothing was re-sent
 
 
-async def test_new_order_is_resumed_on_restart(rig: Rig) -> None:
+async def test_new_order_is_failed_on_restart(rig: Rig) -> None:
+    """A NEW row (crash between the decision and SENDING) was never sent; it is not resumed
+    by the next process either: its epoch, the pause flag and the limits may have changed."""
     rig.markets.set(0, T0)
     o = rig.engine.decide(intent())          # crash right after the decision was journaled
     eng = rig.restart()
     await eng.recover()
     await eng.drain(5.0)
-    assert rig.journal.order(o.client_key).state == OrderState.FILLED
-    assert len(rig.venue.placed) == 1
+    assert rig.journal.order(o.client_key).state == OrderState.FAILED
+    assert rig.venue.placed == [] and rig.venue.prepared == 0
+    assert eng.decide(intent(seq=1)) is None          # the window's key stays claimed
+    assert rejected(rig) == {"DUPLICATE": 1}
+
+
+async def test_new_row_of_a_replaced_epoch_is_not_sent_after_restart(rig: Rig) -> None:
+    """Review probe: hot reload while the worker was down; the old epoch's NEW row must not
+    be sent by the restarted worker."""
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())              # crash before SENDING
+    rig.control.set_active_epoch(EPOCH + 1)      # hot reload while we were down
+    eng = rig.restart()
+    await eng.recover()
+    await eng.drain(5.0)
+    assert rig.journal.order(o.client_key).state == OrderState.FAILED
+    assert rig.venue.placed == []
 
 
 async def test_reconcile_adopts_fills_of_a_failed_order(rig: Rig) -> None:
@@ -413,3 +439,176 @@ async def test_streak_and_win_rate_over_many_settlements(rig: Rig) -> None:
     assert s.win_rate_all == pytest.approx(33 / 113)
     assert s.win_rate_100 == pytest.approx(20 / 100)    # last 100: 17 up, 80 down, 3 up
     assert s.pnl == pytest.approx(33 * 10 - 113 * 5 - 113 * 0.175)
+
+
+# -- review fixes: fencing right up to the send -------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["epoch", "pause", "kill"])
+async def test_world_changes_during_prepare_block_the_send(rig: Rig, change: str) -> None:
+    """Epoch and pause/kill are checked again after prepare (which waits on the network),
+    right before the SENDING transaction."""
+    flip = {"epoch": lambda: rig.control.set_active_epoch(EPOCH + 1),
+            "pause": lambda: rig.control.set_paused(True),
+            "kill": lambda: rig.control.set_killed(True)}[change]
+    rig.venue.before_prepare = flip
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    assert o.state == OrderState.FAILED and rig.venue.placed == []
+    assert rig.journal.order(o.client_key).state == OrderState.FAILED
+    rig.control.set_killed(False)
+
+
+async def test_two_engines_on_one_journal_send_once(rig: Rig) -> None:
+    """Review probe, adapted: two writers holding the same NEW row both try to send it. The
+    compare-and-set on the order's state lets exactly one through."""
+    import asyncio
+    rig.markets.set(0, T0)
+    oa = rig.engine.decide(intent())
+    jb = Journal(rig.paths.journal)
+    try:
+        b = Engine(journal=jb, store=rig.store, executor=rig.venue, markets=rig.view,
+                   gamma=rig.gamma, control=rig.control, clock=rig.clock, cfg=rig.engine.cfg)
+        b.load()
+        ob = b.book[oa.client_key]
+        assert ob is not oa and ob.state == OrderState.NEW
+        await asyncio.gather(rig.engine.execute(oa), b.execute(ob))
+        assert len(rig.venue.placed) == 1, f"{len(rig.venue.placed)} POSTs for one window"
+        assert rig.journal.order(oa.client_key).state == OrderState.FILLED
+        # the loser took the journal's word instead of keeping its stale copy
+        assert {oa.state, b.book.get(oa.client_key, ob).state} == {OrderState.FILLED}
+    finally:
+        jb.close()
+
+
+async def test_unexpected_prepare_error_fails_the_order(rig: Rig) -> None:
+    """A KeyError from a malformed tick-size reply: nothing was sent, the order is failed
+    (not left NEW forever)."""
+    rig.venue.prepare_error = KeyError("minimum_tick_size")
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    rig.engine.launch(o)
+    await rig.engine.drain(5.0)
+    assert rig.journal.order(o.client_key).state == OrderState.FAILED
+    assert "KeyError" in rig.journal.order(o.client_key).error
+    assert rig.venue.placed == [] and not rig.engine.in_flight(o.client_key)
+
+
+async def test_lane_must_be_registered_to_the_intent_epoch(rig: Rig) -> None:
+    """The active epoch only trades from the lane its strategy worker registered."""
+    register_lanes(rig.control, EPOCH, EPOCH + 1)       # lane 1 belongs to another epoch
+    rig.markets.set(0, T0)
+    assert rig.engine.decide(intent(lane=1)) is None
+    assert rejected(rig) == {"STALE_EPOCH": 1}
+    assert rig.engine.decide(intent(lane=0, seq=1)) is not None
+
+
+async def test_daily_loss_counts_ended_unsettled_positions(rig: Rig) -> None:
+    """A filled position whose window is over but not settled counts as lost (cost + fees)."""
+    eng = rig.restart(daily_loss_limit=4.0)
+    rig.markets.set(0, T0)
+    o = eng.decide(intent())
+    await eng.execute(o)
+    rig.clock.advance(300)                    # window over; Gamma has not resolved it
+    assert await eng.settle_due() == 0
+    rig.markets.set(0, T0 + 300)
+    assert eng.decide(intent(ws=T0 + 300, seq=1)) is None
+    assert rejected(rig) == {"DAILY_LOSS": 1}
+    rig.gamma.resolved[o.slug] = "up"         # it won after all
+    eng.settler.next_try.clear()
+    assert await eng.settle_due() == 1
+    assert eng.decide(intent(ws=T0 + 300, seq=2)) is not None
+
+
+async def test_account_trades_on_the_window_count_as_an_order(rig: Rig) -> None:
+    """A fresh journal (same account): the start-up reconciliation sees trades on the
+    window's token, so the window is a DUPLICATE even though no journal row names it."""
+    rig.markets.set(0, T0)
+    rig.venue.orders[up_token(0, T0)] = OrderResult(
+        OrderStatus.FILLED, "0xold", [Fill("t-old", 0.5, 10, 0.1)])
+    await rig.engine.recover()
+    assert rig.engine.decide(intent(outcome=Outcome.DOWN)) is None
+    assert rejected(rig) == {"DUPLICATE": 1}
+    assert rig.venue.prepared == 0
+
+
+async def test_a_rejection_with_an_order_id_is_looked_up_first(rig: Rig) -> None:
+    rig.venue.mode = "reject_but_filled"
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    assert o.state == OrderState.FILLED and o.shares > 0
+    kinds = [e["kind"] for e in rig.journal.events(o.client_key)]
+    assert kinds == ["request", "reply", "lookup"]
+    rig.venue.mode = "reject"                  # a real rejection stays one
+    rig.markets.set(2, T0)
+    o2 = rig.engine.decide(intent(slot=2, seq=1))
+    await rig.engine.execute(o2)
+    assert o2.state == OrderState.REJECTED and len(rig.venue.placed) == 2
+    assert [e["kind"] for e in rig.journal.events(o2.client_key)] == \
+        ["request", "reply", "lookup"]
+
+
+async def test_reply_amounts_are_replaced_by_the_venue_trades(rig: Rig) -> None:
+    """The reply is journaled first (provisional fill from its amounts); the venue's trade
+    then replaces it, never adds to it."""
+    rig.venue.mode = "provisional"
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    fills = rig.journal.fills(o.client_key)
+    assert [f.trade_id for f in fills] == [f"t-0xid-{o.client_key}"]
+    assert o.shares == pytest.approx(10.0) and o.fees == pytest.approx(0.175)
+    kinds = [e["kind"] for e in rig.journal.events(o.client_key)]
+    assert kinds == ["request", "reply", "fills"]
+    await rig.engine.reconcile()
+    assert o.shares == pytest.approx(10.0) and rig.posstats()["mismatches"] == 0
+
+
+async def test_provisional_fill_kept_until_the_venue_shows_all_shares(rig: Rig) -> None:
+    rig.venue.mode = "provisional"
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    real_lookup = rig.venue.lookup
+
+    async def not_indexed_yet(order):          # the venue shows only part of the trade yet
+        return OrderResult(OrderStatus.FILLED, order.order_id, [Fill("t-part", 0.5, 4.0, 0)])
+    rig.venue.lookup = not_indexed_yet         # type: ignore[method-assign]
+    await rig.engine.execute(o)
+    assert [f.trade_id for f in rig.journal.fills(o.client_key)] == \
+        [f"0xid-{o.client_key}:reply"]
+    assert o.shares == pytest.approx(10.0)
+    rig.venue.lookup = real_lookup             # type: ignore[method-assign]
+    await rig.engine.reconcile()               # indexed now: the next pass replaces it
+    assert [f.trade_id for f in rig.journal.fills(o.client_key)] == [f"t-0xid-{o.client_key}"]
+    assert o.shares == pytest.approx(10.0)
+
+
+async def test_settlement_backs_off_when_our_outcome_is_missing(rig: Rig) -> None:
+    from position_worker.gamma import Resolution
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    rig.clock.advance(300)
+    calls = 0
+
+    async def odd(slug: str) -> Resolution:
+        nonlocal calls
+        calls += 1
+        return Resolution(slug, {"yes": 1.0, "no": 0.0})
+    rig.gamma.resolution = odd                 # type: ignore[method-assign]
+    for _ in range(5):
+        assert await rig.engine.settle_due() == 0
+    assert calls == 1 and o.state == OrderState.FILLED
+
+
+@pytest.mark.parametrize(("speed", "stale"), [(1.0, False), (60.0, True)])
+async def test_book_age_is_market_time(rig: Rig, speed: float, stale: bool) -> None:
+    """A book 2 wall s old is fresh at speed 1 and 2 market minutes old at speed 60."""
+    rig.clock.speed = speed
+    rig.markets.set(0, T0, updated_ns=time.monotonic_ns() - 2 * 10**9)
+    got = rig.engine.decide(intent())
+    assert (got is None) == stale
+    if stale:
+        assert rejected(rig) == {"STALE_BOOK": 1}

@@ -38,3 +38,16 @@ def test_split_needs_a_resolved_status() -> None:
 def test_malformed_is_an_input_error(bad: dict) -> None:
     with pytest.raises(InputError):
         parse_resolution(market(**bad))
+
+
+def test_closed_must_be_a_real_true() -> None:
+    """``"false"`` (a string) is truthy: it must not count as closed."""
+    for closed in ("false", "true", 1, "1", None):
+        assert parse_resolution(market(closed=closed)) is None, closed
+
+
+@pytest.mark.parametrize("prices", ['["1.5", "-0.5"]', '["NaN", "0.5"]', '["Infinity", "0"]',
+                                    '["-0", "1.0000001"]'])
+def test_prices_must_be_finite_and_within_0_1(prices: str) -> None:
+    with pytest.raises(InputError):
+        parse_resolution(market(outcomePrices=prices, umaResolutionStatus="resolved"))

@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from position_worker.intents import Intent
-from position_worker.journal import Fill, Journal, JournalError, OrderRow, OrderState
+from position_worker.journal import (
+    Fill,
+    Journal,
+    JournalError,
+    OrderConflict,
+    OrderRow,
+    OrderState,
+)
 from position_worker.reasons import RejectReason
 
 
@@ -75,4 +82,76 @@ def test_fills_are_deduplicated_by_trade_id(tmp_path: Path) -> None:
     assert j.record_fills("k", [Fill("t1", 0.5, 10, 0.1)]) == 1
     assert j.record_fills("k", [Fill("t1", 0.5, 10, 0.1), Fill("t2", 0.6, 1, 0)]) == 1
     assert [f.trade_id for f in j.fills("k")] == ["t1", "t2"]
+    j.close()
+
+
+def test_state_changes_are_compare_and_set(tmp_path: Path) -> None:
+    """A stale copy (or a second writer) can never move a row another writer moved."""
+    a, b = Journal(tmp_path / "j.sqlite"), Journal(tmp_path / "j.sqlite")
+    try:
+        oa = order()
+        with a.transaction():
+            a.insert_order(oa)
+        ob = b.order("k1")
+        assert ob is not None
+        with a.transaction():
+            a.update_order(oa, OrderState.SENDING, order_id="0xa")
+        with pytest.raises(OrderConflict), b.transaction():
+            b.update_order(ob, OrderState.SENDING, order_id="0xb")
+        assert ob.state == OrderState.NEW and ob.order_id == ""      # memory untouched
+        row = a.order("k1")
+        assert row is not None and row.state == OrderState.SENDING and row.order_id == "0xa"
+        # two writes to one order in one transaction chain on the staged state
+        with a.transaction():
+            a.update_order(oa, OrderState.UNKNOWN)
+            a.update_order(oa, OrderState.FILLED, shares=1.0)
+        assert oa.state == OrderState.FILLED and a.order("k1").state == OrderState.FILLED
+    finally:
+        a.close()
+        b.close()
+
+
+class _FailingCommit:
+    """The connection, except that COMMIT fails (disk full, I/O error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+
+def test_memory_changes_only_after_commit(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    o = order()
+    with j.transaction():
+        j.insert_order(o)
+    real = j._db
+    j._db = _FailingCommit(real)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError), j.transaction():
+        j.update_order(o, OrderState.SENDING, order_id="0xabc")
+    j._db = real
+    assert o.state == OrderState.NEW and o.order_id == ""      # memory equals the journal
+    assert j.order("k1").state == OrderState.NEW
+    with j.transaction():                                      # and the next BEGIN works
+        j.update_order(o, OrderState.SENDING, order_id="0xabc")
+    assert o.state == OrderState.SENDING
+    with pytest.raises(RuntimeError), j.transaction():         # a body error: same
+        j.update_order(o, OrderState.UNKNOWN)
+        raise RuntimeError("boom")
+    assert o.state == OrderState.SENDING
+    j.close()
+
+
+def test_daily_pnl_query_uses_an_index(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    seen: list[str] = []
+    j.db.set_trace_callback(seen.append)
+    j.realized_since(0.0)                       # the statement the risk check runs per intent
+    j.db.set_trace_callback(None)
+    (sql,) = seen
+    plan = " ".join(str(tuple(r)) for r in j.db.execute("EXPLAIN QUERY PLAN " + sql))
+    assert "settlements_ts" in plan, plan
     j.close()

@@ -34,3 +34,42 @@ def test_live_without_credentials_is_refused(run_paths: RunPaths, control: objec
     env = {k: "" for k in ("NOBLINK_PK", "NOBLINK_CLOB_API_KEY")}
     p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live"], env=env)
     assert p.returncode == 3 and "private key" in p.stderr
+
+
+def test_crash_points_are_refused_in_live_mode(run_paths: RunPaths, control: object) -> None:
+    key = "0x" + "cd" * 32
+    p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live",
+             "--crash-at", "after_send"], env={"NOBLINK_PK": key})
+    assert p.returncode == 3 and "crash points" in p.stderr
+    assert "cd" * 32 not in p.stderr
+    p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live"],
+            env={"NOBLINK_PK": key, "NOBLINK_POSITION_CRASH_AT": "after_journal"})
+    assert p.returncode == 3 and "crash points" in p.stderr
+
+
+def test_malformed_private_key_exits_3_without_echo(run_paths: RunPaths,
+                                                    control: object) -> None:
+    key = "0x" + "cd" * 31 + "zz"                       # loaded, then refused
+    p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live"],
+            env={"NOBLINK_PK": key})
+    assert p.returncode == 3 and "malformed" in p.stderr
+    assert "cd" * 31 not in p.stderr and "cd" * 8 not in p.stderr
+
+
+async def test_an_operator_error_in_a_loop_stops_the_worker(tmp_path) -> None:
+    """A loop must not end quietly while the worker keeps reporting RUNNING."""
+    import asyncio
+
+    from core.errors import OperatorError
+    from position_worker.main import Worker, parse_args
+    w = Worker(parse_args(["--run-dir", str(tmp_path)]))
+    calls = 0
+
+    async def body() -> None:
+        nonlocal calls
+        calls += 1
+        raise OperatorError("allowance revoked")
+    w._loop("reconcile", 0.01, body)
+    await asyncio.wait_for(w.stop.wait(), 30.0)
+    await asyncio.gather(*w._tasks)
+    assert calls == 1 and isinstance(w._fatal, OperatorError)

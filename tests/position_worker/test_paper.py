@@ -21,10 +21,11 @@ def req(outcome: int = Outcome.UP, max_price: float = 0.6, ck: str = "k") -> Ord
 
 
 @pytest.fixture
-def paper(run_paths: RunPaths, markets: MarketTable):
+async def paper(run_paths: RunPaths, markets: MarketTable):
     view = MarketsView(run_paths)
     ex = PaperExecutor(view, run_paths.run_dir / "paper.sqlite")
     yield ex
+    await ex.close()                    # idempotent (one test closes it itself)
     view.close()
 
 

@@ -12,7 +12,7 @@ from core.clock import Clock
 from core.markets import SLOTS
 from position_worker.intents import IntentWriter
 from state.control import ControlBlock, WorkerSlot
-from state.layout import Outcome, PositionState
+from state.layout import Outcome, PositionState, WorkerRole
 from state.run import RunPaths
 from tests.position_worker.fakes import MarketTable
 from tests.position_worker.harness import (
@@ -38,9 +38,22 @@ def venue(run_paths: RunPaths, control: ControlBlock) -> Iterator[tuple[Clock, F
             "clock": clock.to_dict(), "pid": 0, "seed": 1}
     run_paths.sim_json.write_bytes(orjson.dumps(info))
     control.set_active_epoch(EPOCH)
+    for lane, epoch in ((0, EPOCH), (1, EPOCH - 1)):        # play the strategy workers
+        control.register(WorkerSlot.strategy(lane), WorkerRole.STRATEGY, lane=lane,
+                         epoch=epoch)
     yield clock, gamma
     gamma.close()
     cleanup_segments(run_paths)
+
+
+def open_window(clock: Clock, slot: int = 0, min_left_s: float = 120.0) -> int:
+    """A window of ``slot`` that takes orders for at least ``min_left_s`` more market seconds
+    (2 wall s at speed 60): the current one, else the next (listed ahead, like the real
+    venue's). Chosen once the worker runs, so a slow start-up cannot eat the window."""
+    ws = SLOTS[slot].window_start(clock.now())
+    if ws + SLOTS[slot].window_s - clock.now() < min_left_s:
+        ws += SLOTS[slot].window_s
+    return ws
 
 
 def start(paths: RunPaths, control: ControlBlock, *extra: str) -> WorkerProc:
@@ -53,9 +66,9 @@ def start(paths: RunPaths, control: ControlBlock, *extra: str) -> WorkerProc:
 def test_paper_intent_fill_settle_and_fencing(run_paths: RunPaths, control: ControlBlock,
                                               markets: MarketTable, venue) -> None:
     clock, gamma = venue
-    ws = SLOTS[0].window_start(clock.now())
-    markets.set(0, ws, up_ask=0.5)
     w = start(run_paths, control, "--unlink-on-exit")
+    ws = open_window(clock)
+    markets.set(0, ws, up_ask=0.5)
     writer = IntentWriter(run_paths, 0, EPOCH)
     stale = IntentWriter(run_paths, 1, EPOCH - 1)
     try:
@@ -93,9 +106,9 @@ def test_paper_intent_fill_settle_and_fencing(run_paths: RunPaths, control: Cont
 def test_paper_kill9_then_restart(run_paths: RunPaths, control: ControlBlock,
                                   markets: MarketTable, venue, point: str) -> None:
     clock, _gamma = venue
-    ws = SLOTS[0].window_start(clock.now())          # a 5m window: at most 5 s wall left
-    markets.set(0, ws, up_ask=0.5)
     w = start(run_paths, control, "--crash-at", point, "--lookup-grace", "5")
+    ws = open_window(clock)
+    markets.set(0, ws, up_ask=0.5)
     writer = IntentWriter(run_paths, 0, EPOCH)
     w2 = None
     try:
@@ -116,3 +129,29 @@ def test_paper_kill9_then_restart(run_paths: RunPaths, control: ControlBlock,
         w.kill()
         if w2 is not None:
             w2.kill()
+
+
+def test_a_second_worker_on_the_run_dir_is_refused(run_paths: RunPaths, control: ControlBlock,
+                                                   markets: MarketTable, venue) -> None:
+    """Two workers on one run dir would both send orders for the same window (the review
+    saw two POSTs). The second one exits 3 before touching anything, the first carries on."""
+    clock, _gamma = venue
+    w = start(run_paths, control)
+    second = None
+    writer = IntentWriter(run_paths, 0, EPOCH)
+    try:
+        second = WorkerProc(run_paths, "--mode", "paper")
+        assert second.wait_exit(30) == 3, second.tail()
+        assert "position.lock" in second.tail() and str(w.proc.pid) in second.tail()
+        assert control.worker(WorkerSlot.POSITION)["pid"] == w.proc.pid     # slot untouched
+        ws = open_window(clock)
+        markets.set(0, ws, up_ask=0.5)
+        writer.submit(0, ws, SLOTS[0].slug(ws), Outcome.UP, 5.0, 0.6, "one")
+        wait_until(lambda: [p["state"] for p in read_positions(run_paths)]
+                   == [PositionState.OPEN], 20, "the first worker's fill", w.tail)
+        assert w.stop() == 0
+    finally:
+        writer.close()
+        w.kill()
+        if second is not None:
+            second.kill()

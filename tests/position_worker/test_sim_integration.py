@@ -16,8 +16,8 @@ import pytest
 from position_worker.intents import IntentWriter
 from position_worker.journal import Journal, OrderState
 from position_worker.keys import client_key, order_metadata
-from state.control import ControlBlock
-from state.layout import Outcome, PositionState
+from state.control import ControlBlock, WorkerSlot
+from state.layout import Outcome, PositionState, WorkerRole
 from state.run import RunPaths
 from tests.position_worker.fakes import MarketTable
 from tests.position_worker.feedplay import FeedPlayer, Scanned
@@ -58,6 +58,9 @@ class Ctx:
         return w
 
     def writer(self, lane: int = 0, epoch: int = EPOCH) -> IntentWriter:
+        # play the strategy worker: it registers its lane's slot with its epoch
+        self.control.register(WorkerSlot.strategy(lane), WorkerRole.STRATEGY, lane=lane,
+                              epoch=epoch)
         w = IntentWriter(self.paths, lane, epoch)
         self.writers.append(w)
         return w
