@@ -4,11 +4,19 @@ What it does, and why:
 - **Pings.** The websockets library answers every server ping with a pong carrying the same
   payload, as Binance requires (it disconnects after a minute without one); we also send our
   own keepalive pings, which Binance allows as unsolicited pongs' counterpart.
-- **Stalls.** Each subscribed stream should deliver an update about every 2 s (1 s for 1s
-  klines). A stream silent for ``stall_factor`` x the fastest stream's update interval,
-  measured on the run's clock, is stalled; under an accelerated sim that is a few wall
-  milliseconds, so a wall-time floor (``stall_floor_wall_s``, 1 s) keeps a busy machine from
-  faking stalls. A stall counts one stale episode and drops the connection.
+- **Stalls**, at two levels. Binance pushes a kline update at most every 2 s (1 s for 1s
+  klines), and only when the candle changed: one stream on a quiet market can be silent for
+  several seconds without anything being wrong. So:
+  - the *connection* is stalled when no message at all arrived on it for ``stall_factor`` x
+    the fastest stream's update interval (4 s of clock): with 24 streams, silence
+    everywhere means the connection is dead;
+  - a *single stream* is stalled only after ``stream_stall_factor`` x its candle interval,
+    at least ``stream_stall_floor_s`` (90 s for 1m, 450 s for 5m, 1350 s for 15m, clock);
+    meanwhile the backfill audit fetches any closed candle it missed.
+  Both are measured on the run's clock with a wall-time floor (``stall_floor_wall_s``, 1 s):
+  under an accelerated sim 4 s of clock is a few wall milliseconds, inside the hiccups of a
+  busy machine. A stall counts one stale episode and drops the connection. Only streams we
+  subscribed to are tracked; a frame tagged with any other name refreshes nothing.
 - **Reconnects** use jittered exponential backoff (``base * 2^k``, capped, drawn uniformly
   from the upper half). A connection that lived ``backoff_reset_wall_s`` resets the backoff.
 - **Rotation.** Binance closes a connection at 24 h; we rotate at ``rotate_after_s`` (23 h on
@@ -71,6 +79,7 @@ class _Conn:
     def __init__(self, ws: ClientConnection, opened_ns: int, streams: tuple[str, ...]) -> None:
         self.ws = ws
         self.opened_ns = opened_ns
+        self.last_msg_ns = opened_ns      # any message at all, even one we could not parse
         self.last_seen: dict[str, int] = dict.fromkeys(streams, opened_ns)
         self.shutdown = False
         self.reader: asyncio.Task[None] | None = None
@@ -98,6 +107,9 @@ class BinanceStream:
         self.backoff = Backoff(cfg.backoff_base_wall_s, cfg.backoff_cap_wall_s,
                                rng=rng or random.Random())
         self.stall_ns = int(cfg.stall_after_wall_s(clock.speed) * 1e9)
+        self.stream_stall_ns = {
+            s: int(cfg.stream_stall_after_wall_s(s.rsplit("_", 1)[1], clock.speed) * 1e9)
+            for s in self.streams}
         self._wake = asyncio.Event()
         self.connects = 0
 
@@ -135,9 +147,11 @@ class BinanceStream:
             while True:
                 raw = await ws.recv(decode=False)
                 now = mono()
+                conn.last_msg_ns = now
                 frame = handle(raw, now)
                 if type(frame) is KlineUpdate:
-                    last_seen[frame.stream] = now
+                    if frame.stream in last_seen:     # never add a name we did not ask for
+                        last_seen[frame.stream] = now
                 elif type(frame) is ServerShutdown:
                     log.warning("serverShutdown received: rotating the connection")
                     conn.shutdown = True
@@ -163,7 +177,9 @@ class BinanceStream:
     # -- decisions -----------------------------------------------------------------------------
 
     def stalled_streams(self, conn: _Conn, now_ns: int) -> list[str]:
-        return [s for s, t in conn.last_seen.items() if now_ns - t > self.stall_ns]
+        """Streams silent for longer than their own (long) limit."""
+        lim = self.stream_stall_ns
+        return [s for s, t in conn.last_seen.items() if now_ns - t > lim[s]]
 
     def _why_leave(self, conn: _Conn) -> str | None:
         assert conn.reader is not None
@@ -172,9 +188,14 @@ class BinanceStream:
         if conn.shutdown:
             return "shutdown"
         now = self.clock.monotonic_ns()
+        if now - conn.last_msg_ns > self.stall_ns:
+            log.warning("stalled: no message at all on the connection for %.2f s",
+                        (now - conn.last_msg_ns) / 1e9)
+            return "stall"
         stalled = self.stalled_streams(conn, now)
         if stalled:
-            log.warning("stalled: no message for %.2f s on %s", self.stall_ns / 1e9,
+            log.warning("stalled: no update for %.2f s on %s (the connection is alive)",
+                        (now - min(conn.last_seen[s] for s in stalled)) / 1e9,
                         ", ".join(stalled[:4]) + (" ..." if len(stalled) > 4 else ""))
             return "stall"
         age_clock_s = (now - conn.opened_ns) / 1e9 * self.clock.speed

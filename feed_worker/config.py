@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 from core.markets import INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS, Slot
 
-# How often Binance pushes an update on a kline stream (clock seconds).
+# Binance's documented update speed of a kline stream (clock seconds). It is a maximum rate,
+# not a promise: an update is only pushed when the candle changed, so a single stream can be
+# silent for several seconds (python-binance#368, node-binance-api#509).
 UPDATE_INTERVAL_S: dict[str, float] = {"1s": 1.0}
 DEFAULT_UPDATE_INTERVAL_S = 2.0
 
@@ -28,8 +30,15 @@ class FeedConfig:
     slots: tuple[Slot, ...] = SLOTS
 
     # --- Binance stream (connection care) ---
-    stall_factor: float = 2.0           # stalled after 2 x fastest update interval (clock)
+    # The connection is stalled when nothing at all arrived on it for 2 x the fastest
+    # stream's update interval (clock): with 24 streams something always changes somewhere.
+    stall_factor: float = 2.0
     stall_floor_wall_s: float = 1.0     # ...but never sooner than this (a busy 2-core box)
+    # One stream alone is stalled only after stream_stall_factor x its candle interval, and
+    # at least stream_stall_floor_s (clock): a quiet market legitimately sends nothing for a
+    # while, and the backfill audit catches a missed closed candle anyway.
+    stream_stall_factor: float = 1.5
+    stream_stall_floor_s: float = 60.0
     rotate_after_s: float = 23 * 3600   # clock; Binance closes connections at 24 h
     backoff_base_wall_s: float = 0.25
     backoff_cap_wall_s: float = 30.0
@@ -47,6 +56,18 @@ class FeedConfig:
     audit_grace_s: float = 5.0          # clock; a closed candle may lag this long via WS
     audit_grace_wall_s: float = 1.0     # ...and at least this long in real time
     rest_timeout_wall_s: float = 10.0
+    max_retry_after_s: float = 3 * 86400.0   # real s; a 418 ban lasts 2 min .. 3 days
+    # "Closed" is decided on Binance's time: a candle counts as closed when it ended more
+    # than closed_margin_s (clock) before our estimate of the server's clock, and that
+    # estimate never runs ahead of our own clock. GET /api/v3/time is re-read this often.
+    closed_margin_s: float = 2.0
+    time_sync_s: float = 600.0           # clock
+    time_sync_wall_s: float = 5.0        # ...and at most this often in real time
+    time_sync_samples: int = 3           # the lowest-RTT sample of these is used
+    # A row with fewer than the window's candles asks REST for older history (to fill back
+    # across an exchange hole once Binance has the data) at most this often.
+    history_retry_s: float = 600.0       # clock
+    history_retry_wall_s: float = 5.0    # ...and at most this often in real time
 
     # --- market scanner ---
     scan_interval_s: float = 5.0        # clock
@@ -55,6 +76,8 @@ class FeedConfig:
     gamma_refresh_wall_s: float = 1.0   # ...at most this often in real time
     scan_concurrency: int = 8
     http_timeout_wall_s: float = 5.0
+    scan_default_retry_after_wall_s: float = 5.0   # a 429 from Gamma/CLOB without the header
+    scan_max_retry_after_wall_s: float = 600.0
 
     # --- status ---
     heartbeat_wall_s: float = 0.25
@@ -74,9 +97,15 @@ class FeedConfig:
         return tuple(f"{s.lower()}@kline_{i}" for s in self.symbols for i in self.intervals)
 
     def stall_after_wall_s(self, speed: float) -> float:
-        """Silence (real seconds) after which a stream counts as stalled."""
+        """Silence of the whole connection (real seconds) after which it counts as stalled."""
         fastest = min(update_interval_s(i) for i in self.intervals)
         return max(self.stall_floor_wall_s, self.stall_factor * fastest / speed)
+
+    def stream_stall_after_wall_s(self, interval: str, speed: float) -> float:
+        """Silence of one stream (real seconds) after which it counts as stalled."""
+        clock_s = max(self.stream_stall_floor_s,
+                      self.stream_stall_factor * INTERVAL_MS[interval] / 1000)
+        return max(self.stall_floor_wall_s, clock_s / speed)
 
     def interval_ms(self, interval: str) -> int:
         return INTERVAL_MS[interval]

@@ -75,6 +75,17 @@ def _num(v: object) -> float:
     return x
 
 
+def _event_time(v: object) -> int:
+    """``E`` as an int, or 0 when it is missing or not a sane integer."""
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        return 0
+    try:
+        t = int(v)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return t if 0 <= t < 1 << 62 else 0
+
+
 def _check_times(interval: str, open_time: int, close_time: int) -> None:
     iv = INTERVAL_MS[interval]
     if open_time % iv or close_time != open_time + iv - 1:
@@ -100,7 +111,9 @@ def parse_frame(raw: bytes | str, recv_ns: int) -> Frame:
     if event == "kline":
         return _parse_kline(data, stream, recv_ns)
     if event == "serverShutdown" or stream == "!serverShutdown":
-        return ServerShutdown(int(data.get("E") or 0))
+        # The notice is what matters (the server is going away); its time is only logged,
+        # so a bad one must not turn a rotation into a dropped connection.
+        return ServerShutdown(_event_time(data.get("E")))
     if ("id" in data and ("result" in data or "error" in data)) or "code" in data:
         return ControlReply(data)
     raise InputError(f"unknown event {event!r}")
@@ -123,7 +136,7 @@ def _parse_kline(d: dict, stream: str, recv_ns: int) -> KlineUpdate:
             sid, iid, int(closed), t, tc,
             _num(k["o"]), _num(k["h"]), _num(k["l"]), _num(k["c"]), _num(k["v"]),
             _num(k["q"]), int(k["n"]), int(d["E"]), recv_ns)
-    except (KeyError, TypeError, ValueError, struct.error) as e:
+    except (KeyError, TypeError, ValueError, OverflowError, struct.error) as e:
         raise InputError(f"bad kline event: {type(e).__name__}: {e}") from None
     return KlineUpdate(stream or stream_name(symbol, interval), sid, iid, closed, t, rec)
 
@@ -166,6 +179,7 @@ def parse_rest_klines(body: bytes, symbol: str, interval: str, closed_before_ms:
             out[n] = (sid, iid, 1, (0, 0, 0), t, tc, _num(r[1]), _num(r[2]), _num(r[3]),
                       _num(r[4]), _num(r[5]), _num(r[7]), int(r[8]), event_time_ms, 0)
             n += 1
-        except (TypeError, ValueError) as e:
-            raise InputError(f"bad klines row: {e}") from None
+        except (TypeError, ValueError, OverflowError) as e:
+            # OverflowError: an integer beyond int64 (e.g. 1e30 trades) in a numpy field
+            raise InputError(f"bad klines row: {type(e).__name__}: {e}") from None
     return out[:n]

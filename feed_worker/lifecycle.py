@@ -39,7 +39,7 @@ class ConnState(enum.IntEnum):
     CONNECTING = 1
     STREAMING = 2
     ROTATING = 3      # a replacement connection is opening; the old one still streams
-    STALLED = 4       # a stream went quiet for too long; the connection is being dropped
+    STALLED = 4       # the connection (or one stream) was silent too long; being dropped
     CLOSED = 5        # the server or the network closed it
     BACKOFF = 6       # waiting (jittered, exponential) before the next attempt
     STOPPED = 7

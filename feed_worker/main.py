@@ -10,8 +10,8 @@ Stop (SIGTERM/SIGINT) cancels the tasks, flushes the counters, marks the slot ST
 closes the segments. They are unlinked only with ``--unlink-on-exit`` (a final stop): a
 crashed or restarted feed must find them and adopt them.
 
-Exit codes: 0 clean stop, 1 a task failed (restart me), 2 bad configuration, 3 another feed
-owns this run.
+Exit codes: 0 clean stop (also a stop signal while waiting for sim.json), 1 a task failed
+(restart me), 2 bad configuration, 3 another feed holds this run's lock.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class FeedWorker:
         self.stats.connected = 0
         self.stats.state = int(self.sm.state)
         self.windows = RollingWindows(segs.windows, mono_ns=self.clock.monotonic_ns)
-        reset = self.windows.recover()
+        reset = self.windows.recover(now_ms=self.clock.now_ms())
         have = sum(self.windows.count(r) for r in self.rows)
         log.info("windows: %d candles recovered from shared memory, %d rows reset",
                  have, len(reset))
@@ -218,6 +218,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="rotate the WebSocket after this many clock seconds (23 h)")
     p.add_argument("--scan-interval-s", type=float, default=None,
                    help="scanner period, clock seconds (5)")
+    p.add_argument("--closed-margin-s", type=float, default=None,
+                   help="a REST candle counts as closed only this many clock seconds after "
+                        "its end on Binance's clock (2)")
     p.add_argument("--log-level", default=None)
     return p
 
@@ -231,15 +234,19 @@ def config_from_args(args: argparse.Namespace) -> FeedConfig:
         kw["rotate_after_s"] = args.rotate_after_s
     if args.scan_interval_s is not None:
         kw["scan_interval_s"] = args.scan_interval_s
+    if args.closed_margin_s is not None:
+        kw["closed_margin_s"] = args.closed_margin_s
     return FeedConfig(**kw)
 
 
-def resolve_endpoints(mode: Mode, paths: RunPaths, wait_s: float = SIM_JSON_WAIT_S
-                      ) -> tuple[Endpoints, Clock]:
-    """Production endpoints and real time, or the sim's (waiting for sim.json to appear)."""
+async def resolve_endpoints(mode: Mode, paths: RunPaths, stop: asyncio.Event,
+                            wait_s: float = SIM_JSON_WAIT_S) -> tuple[Endpoints, Clock] | None:
+    """Production endpoints and real time, or the sim's (waiting for sim.json to appear).
+    None when ``stop`` was set while waiting."""
     if mode != "sim":
         return Endpoints.production(), Clock.real()
     deadline = time.monotonic() + wait_s
+    logged = False
     while True:
         try:
             info = load_json(str(paths.sim_json))
@@ -248,22 +255,34 @@ def resolve_endpoints(mode: Mode, paths: RunPaths, wait_s: float = SIM_JSON_WAIT
             if time.monotonic() > deadline:
                 raise OperatorError(f"no usable {paths.sim_json} after {wait_s:.0f} s: "
                                     "is the sim running?") from None
-            time.sleep(0.1)    # polling for the file the sim writes atomically
+            if not logged:
+                log.info("waiting up to %.0f s for %s", wait_s, paths.sim_json)
+                logged = True
+        # polling for the file the sim writes atomically; a stop signal ends the wait
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+        if stop.is_set():
+            return None
 
 
 async def amain(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir()
+    # Handlers first: a stop signal during the sim.json wait must end the process cleanly.
+    stop = asyncio.Event()
+    install_stop_signals(stop)
     try:
         cfg = config_from_args(args)
         paths, _doc = RunPaths.load(run_dir)
-        endpoints, clock = resolve_endpoints(args.mode, paths)
+        resolved = await resolve_endpoints(args.mode, paths, stop)
     except (ValueError, FileNotFoundError, OperatorError) as e:
         log.error("cannot start: %s", e)
         return 2
+    if resolved is None:
+        log.info("feed: stopped before start-up; exit 0")
+        return 0
+    endpoints, clock = resolved
     log.info("feed: run %s, mode %s, clock speed %g, binance %s", paths.run_id, args.mode,
              clock.speed, endpoints.binance_ws)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
     worker = FeedWorker(paths, cfg, endpoints, clock, scanner=not args.no_scanner)
     rc = 1
     try:

@@ -18,7 +18,13 @@ Market metadata (tokens, end, condition) never changes for a slug, so it is cach
 mutable part (acceptingOrders) is re-read at most every ``gamma_refresh_s`` (clock) and
 ``gamma_refresh_wall_s`` (real). A slug not listed yet is re-asked every tick for the current
 window, and at the refresh pace for the next one. One failing slot never stops the others:
-its row says ERROR and keeps the last good data of its window.
+its row says ERROR and keeps the last good data of its window; one malformed book (a "nan"
+or "inf" price, say) spoils its own token only.
+
+A 429 from Gamma or the CLOB closes that host for ``Retry-After`` real seconds (5 s when
+absent or not a number, capped at 10 minutes): no request goes to it meanwhile, and the
+slots depending on it keep their last good data (status ERROR, or OK for a known market's
+metadata) until it opens again.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from core.errors import InputError, RetryableError
 from core.markets import Slot
 from core.proc import truncate
 from feed_worker.config import FeedConfig
-from feed_worker.http import Transport
+from feed_worker.http import Response, Transport
 from feed_worker.stats import FeedStats
 from state.control import ControlBlock
 from state.layout import MARKET_DT, TICK_DT, SlotStatus
@@ -122,6 +128,11 @@ def _best(levels: object, pick: Callable[..., float]) -> tuple[float, float]:
     if not levels:
         return NAN, 0.0
     parsed = [(float(lv["price"]), float(lv["size"])) for lv in levels]
+    for p, sz in parsed:
+        # "nan"/"inf" parse as floats; a price is in [0, 1] and a size finite, or the book
+        # is garbage (a NaN would also make "the level at the best price" impossible to find)
+        if not (0.0 <= p <= 1.0 and math.isfinite(sz) and sz >= 0.0):
+            raise ValueError(f"bad level price={p!r} size={sz!r}")
     price = pick(p for p, _ in parsed)
     return price, next(sz for p, sz in reversed(parsed) if p == price)
 
@@ -165,6 +176,32 @@ class Scanner:
         self._unlisted: dict[str, tuple[float, int]] = {}   # slug -> (clock, mono) last 404
         self._books_post: bool | None = None     # does the CLOB have POST /books?
         self._errors_logged = 0
+        self._hold_until: dict[str, int] = {}    # "gamma"/"clob" -> monotonic ns (429)
+
+    # -- rate limits --------------------------------------------------------------------------
+
+    def held(self, host: str) -> bool:
+        """True while ``host`` asked us (429) to send nothing."""
+        return self.clock.monotonic_ns() < self._hold_until.get(host, 0)
+
+    def _note_429(self, host: str, resp: Response) -> bool:
+        """On a 429, close ``host`` for its Retry-After (real seconds). True if it was one."""
+        if resp.status != 429:
+            return False
+        ra = resp.header("Retry-After")
+        try:
+            wait = float(ra) if ra is not None else math.nan
+        except ValueError:
+            wait = math.nan                  # an HTTP-date, or garbage: use the default
+        if math.isnan(wait):
+            wait = self.cfg.scan_default_retry_after_wall_s
+        wait = min(max(0.0, wait), self.cfg.scan_max_retry_after_wall_s)
+        until = self.clock.monotonic_ns() + int(wait * 1e9)
+        self._hold_until[host] = max(self._hold_until.get(host, 0), until)
+        self.stats.rate_limited += 1
+        log.warning("scanner: %s answered 429 (Retry-After %s): no requests to it for %.1f s",
+                    host, ra, wait)
+        return True
 
     # -- Gamma --------------------------------------------------------------------------------
 
@@ -184,9 +221,14 @@ class Scanner:
             return SlotStatus.NOT_LISTED, None
         try:
             async with self._sem:
+                if self.held("gamma"):     # checked once a request slot is ours
+                    return ((SlotStatus.OK, cached) if cached is not None
+                            else (SlotStatus.ERROR, None))
                 resp = await self.http.get(f"{self.gamma}/markets/slug/{quote(slug)}")
         except RetryableError as e:
             return self._error(f"gamma {slug}: {e}", cached)
+        if self._note_429("gamma", resp):
+            return self._error(f"gamma {slug}: HTTP 429", cached)
         if resp.status == 404:
             self._unlisted[slug] = (self.clock.now(), self.clock.monotonic_ns())
             return SlotStatus.NOT_LISTED, None
@@ -224,6 +266,8 @@ class Scanner:
         """
         if not tokens:
             return {}
+        if self.held("clob"):
+            return dict.fromkeys(tokens, SlotStatus.ERROR)
         if self._books_post is not False:
             try:
                 got = await self._books_batch(tokens)
@@ -243,6 +287,7 @@ class Scanner:
     async def _books_batch(self, tokens: list[str]) -> dict[str, Quote | SlotStatus] | None:
         """The batch answer, or None when the batch was refused (4xx): ask one by one."""
         resp = await self.http.post(f"{self.clob}/books", [{"token_id": t} for t in tokens])
+        self._note_429("clob", resp)
         if 400 <= resp.status < 500 and resp.status != 429:
             return None
         if resp.status != 200:
@@ -253,22 +298,33 @@ class Scanner:
             body = orjson.loads(resp.body)
             if not isinstance(body, list):
                 raise InputError("POST /books did not answer a list")
-            for b in body:
-                if isinstance(b, dict) and str(b.get("asset_id")) in out:
-                    out[str(b["asset_id"])] = _quote_or_no_book(parse_book(b))
         except (orjson.JSONDecodeError, InputError) as e:
             self.stats.parse_errors += 1
             self._error(f"bad /books body ({e}): {truncate(resp.body)}", None)
             return dict.fromkeys(tokens, SlotStatus.ERROR)
+        for b in body:                   # one bad book spoils its own token only
+            if isinstance(b, dict) and str(b.get("asset_id")) in out:
+                t = str(b["asset_id"])
+                try:
+                    out[t] = _quote_or_no_book(parse_book(b))
+                except InputError as e:
+                    self.stats.parse_errors += 1
+                    self._error(f"bad book {t[:12]} ({e}): {truncate(orjson.dumps(b))}", None)
+                    out[t] = SlotStatus.ERROR
         return out
 
     async def _book_one(self, token: str) -> Quote | SlotStatus:
+        if self.held("clob"):
+            return SlotStatus.ERROR
         try:
             async with self._sem:
+                if self.held("clob"):          # a sibling request got a 429 meanwhile
+                    return SlotStatus.ERROR
                 resp = await self.http.get(f"{self.clob}/book", {"token_id": token})
         except RetryableError as e:
             self._error(f"book {token[:12]}: {e}", None)
             return SlotStatus.ERROR
+        self._note_429("clob", resp)
         if resp.status == 404:
             return SlotStatus.NO_BOOK
         if resp.status != 200:

@@ -6,7 +6,8 @@ The invariant every reader may rely on, for every row::
     candles[i+1].open_time == candles[i].open_time + interval  for all i < count - 1
     last_open_time == candles[count-1].open_time   (or -1 when count == 0)
 
-To keep it, a candle is only ever *appended* right after the last one. A closed candle that
+To keep it, a candle is only ever *appended* right after the last one, or *prepended* right
+before the first one (older history arriving late, see ``prepend``). A closed candle that
 arrives early (the stream skipped one, e.g. across a reconnect) is parked in memory as
 *pending* and the row is reported as having a gap; once the REST backfill supplies the
 missing candles, the pending ones follow in order. An empty row takes no stream candles at
@@ -14,7 +15,9 @@ all until the backfill has given it its history (otherwise history could not be 
 When a row is full the oldest candle drops off.
 
 A dead predecessor may have left a row mid-write (odd seqlock) or, in theory, inconsistent:
-``recover()`` resets such rows, and the backfill refills them.
+``recover()`` resets such rows, and the backfill refills them. It also resets a row whose
+last candle had not closed yet by the clock: after a sim restart with a new, earlier clock
+(or a wrong system clock) such a row would take every candle as a duplicate and freeze.
 """
 
 from __future__ import annotations
@@ -89,8 +92,9 @@ class RollingWindows:
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def recover(self) -> list[int]:
-        """Adopt what shared memory holds; reset torn or inconsistent rows. Returns them."""
+    def recover(self, now_ms: int | None = None) -> list[int]:
+        """Adopt what shared memory holds; reset torn or inconsistent rows, and rows from the
+        future (a last candle that had not closed by ``now_ms``, when given). Returns them."""
         bad = set(self.table.torn_rows())
         for r in bad:
             log.warning("windows: row %s was torn by a dead writer; resetting", row_label(r))
@@ -108,8 +112,13 @@ class RollingWindows:
                 else:
                     c = row["candles"][:n]
                     why = check_candles(c, self.interval_ms[r])
-                    if why is None and int(row["last_open_time"]) != int(c["open_time"][-1]):
+                    last = int(c["open_time"][-1])
+                    if why is None and int(row["last_open_time"]) != last:
                         why = "last_open_time does not match the last candle"
+                    iv = self.interval_ms[r]
+                    if why is None and now_ms is not None and last + iv > now_ms:
+                        why = (f"ends after the clock's last closed candle ({last} + {iv} > "
+                               f"{now_ms}: a new clock?)")
                 if why:
                     log.warning("windows: row %s %s; resetting", row_label(r), why)
                     bad.add(r)
@@ -139,6 +148,11 @@ class RollingWindows:
 
     def last_open_time(self, r: int) -> int:
         return self._last[r]
+
+    def first_open_time(self, r: int) -> int:
+        """Open time of the oldest candle (-1 when empty); the row is contiguous."""
+        n = self._count[r]
+        return self._last[r] - (n - 1) * self.interval_ms[r] if n else -1
 
     def has_gap(self, r: int) -> bool:
         """Closed candles are waiting ahead of the window (or the row is still empty)."""
@@ -225,6 +239,34 @@ class RollingWindows:
             backfilled = len(keep)
         drained = self._drain(r)
         return MergeResult(backfilled, drained, hole, bool(self._pending[r]))
+
+    def prepend(self, r: int, candles: np.ndarray) -> int:
+        """Put older closed candles (oldest first) in front of a row that is not full.
+
+        Only the newest contiguous run of them that ends right before the row's first candle
+        is used, as much of it as fits: the row stays gap-free. Returns the candles added."""
+        n = self._count[r]
+        room = self.capacity - n
+        if n == 0 or room <= 0 or len(candles) == 0:
+            return 0
+        iv = self.interval_ms[r]
+        first = self.first_open_time(r)
+        c = candles[candles["open_time"] < first]
+        if len(c) == 0 or int(c["open_time"][-1]) != first - iv or not (c["closed"] == 1).all():
+            return 0
+        breaks = np.nonzero(np.diff(c["open_time"]) != iv)[0]
+        if len(breaks):
+            c = c[int(breaks[-1]) + 1:]
+        c = c[-room:]
+        k = len(c)
+        with self.table.update(r) as row:
+            cs = row["candles"]
+            cs[k:k + n] = cs[:n].copy()
+            cs[:k] = c
+            row["count"] = n + k
+            row["updated_ns"] = self._mono_ns()
+        self._count[r] = n + k
+        return k
 
     def _write_run(self, r: int, new: np.ndarray, keep_old: int) -> None:
         """Write ``keep_old`` existing candles followed by ``new``, as one row update."""

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from core.clock import Clock
 from core.errors import InputError
@@ -37,6 +39,8 @@ class FakeBinance:
         self.garbage_first = 0
         self.refuse = False                       # answer new handshakes with 503
         self.refused = 0
+        self.round_robin_s: float | None = None   # one stream per period, in turn
+        self.stranger: str | None = None          # first send a frame tagged with this stream
 
     def process_request(self, conn: ServerConnection, request):
         if self.refuse:
@@ -59,7 +63,18 @@ class FakeBinance:
         try:
             for _ in range(self.garbage_first):
                 await ws.send(b"\x00garbage{{{".decode())
-            while True:
+            if self.stranger:
+                ev = orjson.loads(kline_event("BTCUSDT", "1m", T0, T0 + 1000, False))
+                ev["stream"] = self.stranger
+                await ws.send(orjson.dumps(ev).decode())
+            k = 0
+            while self.round_robin_s is not None:   # like quiet Binance streams: each one
+                s = streams[k % len(streams)]        # speaks only now and then
+                k += 1
+                sym, iv = s.split("@kline_")
+                await ws.send(kline_event(sym.upper(), iv, T0, T0 + 1000, False).decode())
+                await asyncio.sleep(self.round_robin_s)
+            while ws.state is State.OPEN:     # (a silent handler would never see the close)
                 for s in streams:
                     if s in self.stall.get(idx, ()):
                         continue
@@ -80,10 +95,12 @@ async def fake() -> AsyncIterator[tuple[FakeBinance, str]]:
         yield fb, f"ws://127.0.0.1:{port}"
 
 
-def make_stream(url: str, **cfg) -> tuple[BinanceStream, FeedStats, list[str]]:
-    config = FeedConfig(symbols=("BTCUSDT", "ETHUSDT"), intervals=("1m", "5m"),
-                        stall_floor_wall_s=0.5, watchdog_wall_s=0.02,
-                        backoff_base_wall_s=0.05, backoff_cap_wall_s=0.4, **cfg)
+def make_stream(url: str, speed: float = SPEED, **cfg
+                ) -> tuple[BinanceStream, FeedStats, list[str]]:
+    cfg = {"symbols": ("BTCUSDT", "ETHUSDT"), "intervals": ("1m", "5m"),
+           "stall_floor_wall_s": 0.5, "watchdog_wall_s": 0.02, "backoff_base_wall_s": 0.05,
+           "backoff_cap_wall_s": 0.4, **cfg}
+    config = FeedConfig(**cfg)
     stats = FeedStats()
     connects: list[str] = []
 
@@ -95,7 +112,7 @@ def make_stream(url: str, **cfg) -> tuple[BinanceStream, FeedStats, list[str]]:
             stats.parse_errors += 1
             return None
 
-    s = BinanceStream(url, config, handle, Clock.accelerated(SPEED), stats,
+    s = BinanceStream(url, config, handle, Clock.accelerated(speed), stats,
                       on_connect=connects.append, rng=random.Random(1))
     return s, stats, connects
 
@@ -137,15 +154,64 @@ async def test_subscribes_all_streams_and_answers_pings(fake):
     assert connects == ["connect"] and stats.reconnects == 0
 
 
-async def test_one_silent_stream_is_a_stall_and_reconnects(fake):
+async def test_a_silent_connection_is_a_stall_and_reconnects(fake):
     fb, url = fake
-    fb.stall[0] = {"ethusdt@kline_5m"}
+    fb.stall[0] = {"btcusdt@kline_1m", "btcusdt@kline_5m", "ethusdt@kline_1m",
+                   "ethusdt@kline_5m"}                  # like the sim's ws_stall "*"
     stream, stats, connects = make_stream(url)
     await run_until(stream, lambda: len(fb.conns) >= 2 and stats.connected == 1)
     lived = fb.conns[0]["closed"] - fb.conns[0]["opened"]
-    assert lived >= 0.5                      # the wall-time floor, not 2 x 2 s / 60
+    assert 0.5 <= lived < 1.4                # the wall floor, not 2 x 2 s / 60, nor 90 s / 60
     assert stats.stale_episodes == 1 and stats.reconnects == 1
     assert connects == ["connect", "connect"]
+
+
+async def test_one_silent_stream_is_a_stall_only_after_the_long_per_stream_limit(fake):
+    fb, url = fake
+    fb.stall[0] = {"ethusdt@kline_1m"}
+    stream, stats, connects = make_stream(url)
+    await run_until(stream, lambda: len(fb.conns) >= 2 and stats.connected == 1)
+    lived = fb.conns[0]["closed"] - fb.conns[0]["opened"]
+    # 1.5 x 60 s (>= the 60 s floor) of clock time = 1.5 s wall at speed 60; the connection
+    # was busy all along, so its own 0.5 s limit never applied
+    assert lived >= 1.5
+    assert stats.stale_episodes == 1 and stats.reconnects == 1
+    assert connects == ["connect", "connect"]
+
+
+async def test_quiet_streams_on_a_busy_connection_are_not_stalls(fake):
+    # Binance only pushes a kline update when something changed: 4-5 s gaps per stream are
+    # normal. Speed 10: the connection limit is 0.5 s wall (its floor); each stream is heard
+    # every 0.8 s wall (8 s of clock), while the connection hears something every 0.2 s.
+    fb, url = fake
+    fb.round_robin_s = 0.2
+    stream, stats, connects = make_stream(url, speed=10.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(stream.run(stop))
+    try:
+        await until(lambda: stats.messages >= 15)       # 3 s of quiet streams
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert stats.stale_episodes == 0 and stats.reconnects == 0 and connects == ["connect"]
+
+
+async def test_a_frame_for_a_stream_we_did_not_subscribe_is_no_stall(fake):
+    fb, url = fake
+    fb.stranger = "xrpusdt@kline_1m"
+    # per-stream limit 30 s of clock = 0.5 s wall: a never-refreshed key would trip it
+    stream, stats, connects = make_stream(url, stream_stall_floor_s=30.0,
+                                          stream_stall_factor=0.5)
+    stop = asyncio.Event()
+    task = asyncio.create_task(stream.run(stop))
+    try:
+        await until(lambda: stats.messages > 0)
+        t = time.monotonic()
+        await until(lambda: time.monotonic() - t > 1.5 or stats.stale_episodes > 0)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert stats.stale_episodes == 0 and connects == ["connect"]
 
 
 async def test_server_shutdown_rotates_make_before_break(fake):

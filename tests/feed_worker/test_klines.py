@@ -65,6 +65,14 @@ def test_server_shutdown_both_forms_and_control_replies():
     assert isinstance(parse_frame(b'{"code":2,"msg":"Invalid request"}', 0), ControlReply)
 
 
+@pytest.mark.parametrize("e", [b'"x"', b"[1]", b'{"a":1}', b"1e30", b'"1e5"', b"null"])
+def test_server_shutdown_with_a_bad_event_time_still_rotates(e):
+    for raw in (b'{"e":"serverShutdown","E":%s}' % e,
+                b'{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":%s}}' % e):
+        f = parse_frame(raw, 0)
+        assert isinstance(f, ServerShutdown) and isinstance(f.event_time, int)
+
+
 @pytest.mark.parametrize("raw", [
     b"", b"\x00garbage{{{", b'{"stream":"btcusdt@kline_1m","data":{"e":"kline"',
     b'{"e":"kline","E":"not-a-number","k":null}', b"[1,2,3]", b'{"e":"trade"}',
@@ -76,6 +84,8 @@ def test_server_shutdown_both_forms_and_control_replies():
     orjson.dumps({**DOC_EVENT, "k": {**DOC_EVENT["k"], "i": "2h"}}),
     orjson.dumps({**DOC_EVENT, "k": {**DOC_EVENT["k"], "c": "NaN"}}),
     orjson.dumps({**DOC_EVENT, "k": {**DOC_EVENT["k"], "o": "abc"}}),
+    orjson.dumps({**DOC_EVENT, "k": {**DOC_EVENT["k"], "n": 1e30}}),
+    orjson.dumps(DOC_EVENT).replace(b'"E":1672515782136', b'"E":18446744073709551616'),
 ])
 def test_malformed_frames_raise_input_error(raw):
     with pytest.raises(InputError):
@@ -100,6 +110,10 @@ def test_rest_keeps_only_candles_closed_before_the_request():
                   [T0, "1", "1", "1", "1", "1", T0 + 59_999, "1", 1, "1", "1", "0"]]),
     orjson.dumps([[T0, "x", "1", "1", "1", "1", T0 + 59_999, "1", 1, "1", "1", "0"]]),
     orjson.dumps([[T0 + 1, "1", "1", "1", "1", "1", T0 + 60_000, "1", 1, "1", "1", "0"]]),
+    # integers too large for int64 (OverflowError, not ValueError)
+    orjson.dumps([[60000, "1", "1", "1", "1", "1", 119999, "1", 1e30]]),
+    b'[[60000,"1","1","1","1","1",119999,"1",18446744073709551616]]',
+    orjson.dumps([[1e30, "1", "1", "1", "1", "1", 119999, "1", 1]]),
 ])
 def test_malformed_rest_bodies_raise_input_error(body):
     with pytest.raises(InputError):

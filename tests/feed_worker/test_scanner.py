@@ -44,8 +44,13 @@ class Polymarket:
         self.no_book: set[str] = set()         # tokens without a book
         self.books_post = books_post
         self.strict_batch = strict_batch       # like the CLOB: one missing book fails all
+        self.throttle: dict[str, list[Response]] = {"gamma": [], "clob": []}  # answered first
+        self.bad_price: dict[str, str] = {}    # token -> the price its best bid shows
 
     def __call__(self, method: str, url: str, arg) -> Response:
+        host = "gamma" if "/markets/slug/" in url else "clob"
+        if self.throttle[host]:
+            return self.throttle[host].pop(0)
         if "/markets/slug/" in url:
             slug = url.rsplit("/", 1)[1]
             asset, window_s, start = parse_slug(slug)
@@ -77,9 +82,11 @@ class Polymarket:
             return Response(200, orjson.dumps(self.book(t)))
         return Response(404, b"")
 
-    @staticmethod
-    def book(t: str) -> dict:
-        return {"market": "0x1", "asset_id": t, "bids": BID, "asks": ASK, "tick_size": "0.01"}
+    def book(self, t: str) -> dict:
+        bids = BID
+        if t in self.bad_price:
+            bids = [*BID[:-1], {"price": self.bad_price[t], "size": "20"}]
+        return {"market": "0x1", "asset_id": t, "bids": bids, "asks": ASK, "tick_size": "0.01"}
 
 
 @pytest.fixture
@@ -250,6 +257,65 @@ async def test_ticks_follow_the_clock_grid(segs, control):
     assert times[0] == (T0 + 1) * 1000                        # first scan at once
     assert [t % 5000 for t in times[1:]] == [0, 0, 0]          # then on the 5 s grid
     assert [b - a for a, b in itertools.pairwise(times[1:])] == [5000, 5000]
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-inf", "1e400", "1.5", "-0.1"])
+@pytest.mark.parametrize("books_post", [True, False])
+async def test_one_bad_book_spoils_its_token_only(segs, control, bad, books_post):
+    clock = ManualClock(start=T0 + 10)
+    pm = Polymarket(clock, books_post=books_post)
+    pm.bad_price = {token(SLOTS[2].slug(T0), "Up"): bad}
+    sc, _http, stats = make(segs, control, clock, pm)
+    assert await sc.scan_once() == 15                          # the tick went through
+    st = [SlotStatus(int(r["status"])) for r in rows(segs)]
+    assert st[2] is SlotStatus.ERROR and st.count(SlotStatus.OK) == 15
+    assert stats.parse_errors == 1 and control.tick()[0] == 1
+
+
+def test_non_finite_levels_are_refused():
+    for p in ("nan", "inf", "-inf"):
+        with pytest.raises(InputError):
+            parse_book({"bids": [{"price": p, "size": "1"}], "asks": []})
+        with pytest.raises(InputError):
+            parse_book({"bids": [], "asks": [{"price": "0.5", "size": p}]})
+
+
+@pytest.mark.parametrize("host", ["gamma", "clob"])
+async def test_a_429_closes_that_host_for_retry_after(segs, control, host):
+    clock = ManualClock(start=T0 + 10)
+    pm = Polymarket(clock)
+    sc, http, stats = make(segs, control, clock, pm)
+    assert await sc.scan_once() == 16
+    good = rows(segs)
+    pm.throttle[host] = [Response(429, b'{"error":"Too Many Requests"}', {"Retry-After": "3"})]
+    sc._cache.clear()                                          # force Gamma reads
+    clock.advance(5)
+    http.calls.clear()
+    assert await sc.scan_once() < 16
+    first = len(http.calls)
+    for _ in range(2):                                         # 2 s later: still closed
+        clock.advance(1)
+        await sc.scan_once()
+    to_host = [c for c in http.calls[first:] if ("/markets/" in c[1]) == (host == "gamma")]
+    assert to_host == [] and stats.rate_limited == 1
+    after = rows(segs)
+    for g, a in zip(good, after, strict=True):                 # last good data kept
+        assert a["up_token"] == g["up_token"] and float(a["up_bid"]) == 0.45
+    clock.advance(1.5)                                         # Retry-After is over
+    assert await sc.scan_once() == 16
+
+
+async def test_a_429_without_retry_after_uses_the_default(segs, control):
+    clock = ManualClock(start=T0 + 10)
+    pm = Polymarket(clock)
+    sc, _http, _stats = make(segs, control, clock, pm)
+    pm.throttle["clob"] = [Response(429, b"slow down", {"Retry-After": "Wed, 21 Oct 2015"})]
+    await sc.scan_once()
+    assert sc.held("clob")
+    clock.advance(4.9)
+    assert sc.held("clob")
+    clock.advance(0.2)                                         # 5 s default
+    assert not sc.held("clob") and await sc.scan_once() == 16
 
 
 def test_gamma_parsing_pairs_outcomes_by_name():

@@ -115,6 +115,51 @@ def test_recover_resets_torn_and_inconsistent_rows_and_keeps_good_ones(table):
     assert shared_row(table, torn).size == 0
 
 
+def test_recover_resets_a_row_from_the_future(table):
+    # e.g. the sim restarted with a new clock hours earlier: the row would freeze, taking
+    # every new candle for a duplicate of one it already holds
+    w = RollingWindows(table)
+    w.recover()
+    past, future = row_index(1, 0), row_index(2, 0)
+    w.merge(past, candles(0, 50, sid=1))
+    w.merge(future, candles(0, 50, sid=2))
+    with table.update(future) as row:        # the same row, 10 days later
+        row["candles"]["open_time"][:50] += 10 * 86_400_000
+        row["candles"]["close_time"][:50] += 10 * 86_400_000
+        row["last_open_time"] += 10 * 86_400_000
+    now = T0 + 50 * IV + 5_000               # candle 49 closed 5 s ago
+    w2 = RollingWindows(table)
+    assert w2.recover(now_ms=now) == [future]
+    assert w2.count(future) == 0 and w2.count(past) == 50
+    assert RollingWindows(table).recover(now_ms=T0 + 50 * IV - 1) == [past]  # 49 still open
+
+
+def test_prepend_fills_back_only_what_joins_up(table):
+    w = RollingWindows(table)
+    w.recover()
+    w.merge(R, candles(100, 10))
+    assert w.first_open_time(R) == T0 + 100 * IV
+    assert w.prepend(R, candles(80, 19)) == 0            # ends at 98: does not join 100
+    hole = np.concatenate([candles(50, 20), candles(75, 25)])
+    assert w.prepend(R, hole) == 25                       # 75..99: the part after the hole
+    got = shared_row(table)
+    assert check_candles(got, IV) is None and len(got) == 35 == w.count(R)
+    assert int(got["open_time"][0]) == T0 + 75 * IV == w.first_open_time(R)
+    assert w.last_open_time(R) == T0 + 109 * IV
+    assert w.add_closed(R, candles(110, 1)[0]) is AddResult.APPENDED
+
+
+def test_prepend_never_overfills(table):
+    w = RollingWindows(table, capacity=WINDOW_CAPACITY)
+    w.recover()
+    w.merge(R, candles(1000, WINDOW_CAPACITY - 5), replace=True)
+    assert w.prepend(R, candles(0, 1000)) == 5
+    got = shared_row(table)
+    assert len(got) == WINDOW_CAPACITY and check_candles(got, IV) is None
+    assert int(got["open_time"][0]) == T0 + 995 * IV
+    assert w.prepend(R, candles(0, 995)) == 0            # full: nothing more
+
+
 def test_check_candles_refuses_a_forming_candle():
     c = candles(0, 3)
     c["closed"][2] = 0
