@@ -13,14 +13,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from sim.context import SimContext
-from sim.httputil import json_response, read_json
+from sim.httputil import ascii_int, http_reason, json_response, log_unexpected, read_json
+
+log = logging.getLogger("sim.admin")
 
 
 class Admin:
@@ -29,7 +32,7 @@ class Admin:
         self._ws_count = ws_count
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._middleware])
         r = app.router
         r.add_get("/health", self.health)
         r.add_get("/faults", self.get_faults)
@@ -40,6 +43,18 @@ class Admin:
         r.add_get("/markets/{slug}/resolution", self.resolution)
         r.add_get("/accounts", self.accounts)
         return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            return json_response({"error": http_reason(e)}, e.status)
+        except Exception:          # the last resort: a logged JSON 500, never a crash
+            log_unexpected(log, request)
+            return json_response({"error": "internal server error"}, 500)
 
     async def health(self, request: web.Request) -> web.Response:
         return json_response({"ok": True, "pid": os.getpid(), "now": self.ctx.clock.now(),
@@ -63,10 +78,11 @@ class Admin:
         return json_response(self.ctx.faults.snapshot())
 
     async def get_log(self, request: web.Request) -> web.Response:
-        try:
-            since = int(request.query.get("since", "0"))
-        except ValueError:
+        raw = request.query.get("since", "0")
+        since = ascii_int(raw.removeprefix("-"))
+        if since is None:
             return json_response({"error": "since must be an integer"}, 400)
+        since = -since if raw.startswith("-") else since
         return json_response(self.ctx.order_log.entries(since))
 
     async def delete_log(self, request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ Binance's codes and messages.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,9 @@ from core.markets import INTERVAL_MS
 from sim.assets import BY_SYMBOL
 from sim.binance_fmt import kline_row
 from sim.context import SimContext
-from sim.httputil import json_response
+from sim.httputil import json_response, log_unexpected
+
+log = logging.getLogger("sim.binance_rest")
 
 REST_INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h")
 SYMBOL_RE = re.compile(r"^[A-Z0-9\-_.]{1,20}$")
@@ -91,6 +94,12 @@ class BinanceRest:
             return json_response({"code": -1000, "msg": "Unknown path."}, 404, headers)
         except web.HTTPMethodNotAllowed:
             return json_response({"code": -1000, "msg": "Method not allowed."}, 405, headers)
+        except web.HTTPException as e:
+            return json_response({"code": -1000, "msg": f"{e.reason}."}, e.status, headers)
+        except Exception:          # the last resort: a logged JSON 500, never a crash
+            log_unexpected(log, request)
+            return json_response({"code": -1000, "msg": "An unknown error occurred while "
+                                  "processing the request."}, 500, headers)
         resp.headers.update(headers)
         return resp
 
@@ -105,7 +114,7 @@ class BinanceRest:
         symbol = q.get("symbol", "")
         if not symbol:
             raise _mandatory("symbol")
-        if not SYMBOL_RE.match(symbol):
+        if not SYMBOL_RE.fullmatch(symbol):
             raise _illegal("symbol", "^[A-Z0-9-_.]{1,20}$")
         interval = q.get("interval", "")
         if not interval:
@@ -127,7 +136,12 @@ class BinanceRest:
         iv = INTERVAL_MS[interval]
         now_ms = self.ctx.clock.now_ms()
         cur_open = now_ms // iv * iv
+        path = self.ctx.prices.paths[symbol]
         if start is not None:
+            # Like Binance, a startTime before the first candle it has means "from the first
+            # candle" (the sim's earliest kept minute is hour-aligned, so aligned for iv).
+            path.ensure(now_ms // 1000)
+            start = max(start, path.earliest_ms)
             first = -(-start // iv) * iv                     # first open time >= startTime
             last = first + (limit - 1) * iv
             if end is not None:
@@ -135,7 +149,6 @@ class BinanceRest:
         else:
             last = cur_open if end is None else min(cur_open, end // iv * iv)
             first = last - (limit - 1) * iv
-        path = self.ctx.prices.paths[symbol]
         rows = [kline_row(k, path.params.tick_decimals)
                 for k in path.klines(iv, first, last, now_ms)]
         return json_response(rows)
@@ -145,6 +158,6 @@ def _opt_int(q, name: str) -> int | None:
     val = q.get(name)
     if val is None or val == "":
         return None
-    if not INT_RE.match(val):
+    if not INT_RE.fullmatch(val):
         raise _illegal(name, "^[0-9]{1,20}$")
     return int(val)

@@ -33,6 +33,7 @@ from core.markets import INTERVAL_MS
 from sim.assets import BY_SYMBOL
 from sim.binance_fmt import kline_event
 from sim.context import SimContext
+from sim.httputil import http_reason, log_unexpected
 
 log = logging.getLogger("sim.binance_ws")
 
@@ -103,7 +104,7 @@ class BinanceWs:
         ctx.faults.on_action("ws_shutdown", self._shutdown_action)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/ws", self.handle)
         app.router.add_get("/ws/{streams:.+}", self.handle)
         app.router.add_get("/stream", self.handle)
@@ -126,6 +127,18 @@ class BinanceWs:
 
     # -- connection handling ----------------------------------------------------------------
 
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """HTTP-level errors (before the upgrade) as JSON; ``handle`` guards the rest."""
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            return web.json_response({"code": -1000, "msg": http_reason(e)}, status=e.status)
+        except Exception:
+            log_unexpected(log, request)
+            return web.json_response({"code": -1000, "msg": "An unknown error occurred while "
+                                      "processing the request."}, status=500)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.ctx.faults.ws_refused():
             return web.Response(status=503, text="Service Unavailable")
@@ -147,6 +160,8 @@ class BinanceWs:
         pinger = asyncio.get_running_loop().create_task(self._pinger(conn))
         try:
             await self._reader(conn)
+        except Exception:              # a bug here closes this connection, not the server
+            log.exception("conn %d: reader failed", conn.id)
         finally:
             conn.closed = True
             self._forget(conn)
@@ -363,8 +378,8 @@ class BinanceWs:
                 n += 1
         return n
 
-    def _shutdown_action(self, val: Any) -> None:
-        grace = float(val) if isinstance(val, int | float) and not isinstance(val, bool) else 1.0
+    def _shutdown_action(self, grace: float) -> None:
+        """Send serverShutdown, then close after ``grace`` wall s (validated by Faults)."""
         ev = {"e": "serverShutdown", "E": self.ctx.clock.now_ms()}
         raw = orjson.dumps(ev).decode()
         wrapped = f'{{"stream":"!serverShutdown","data":{raw}}}'
@@ -388,4 +403,5 @@ def _valid_id(rid: Any) -> bool:
         return False
     if isinstance(rid, int):
         return -(2**63) <= rid < 2**63
-    return isinstance(rid, str) and len(rid) <= 36 and rid.replace("-", "").isalnum()
+    return (isinstance(rid, str) and len(rid) <= 36 and rid.isascii()
+            and rid.replace("-", "").isalnum())

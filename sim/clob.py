@@ -6,10 +6,13 @@ there is no chain). L2 endpoints need POLY_ADDRESS, POLY_API_KEY, POLY_PASSPHRAS
 POLY_TIMESTAMP and a POLY_SIGNATURE that is the real HMAC-SHA256 of
 ``timestamp + METHOD + path + body`` under the account's secret, so a client that signs wrongly
 fails here as it would in production. Timestamps are not checked against the (accelerated) sim
-clock. Errors are ``{"error": "..."}`` with the real status codes.
+clock. Errors are ``{"error": "..."}`` with the real status codes; a price that needs an empty
+(bought-out) book side gets the documented 404 "No orderbook exists ...". An unexpected
+exception is logged and answered 500 ``{"error": "internal server error"}``, never a crash.
 
 Every order request (POST /order, POST /orders, DELETE /order, /orders, /cancel-all,
-/cancel-market-orders) is appended to the order log before faults or validation apply.
+/cancel-market-orders) is appended to the order log before faults or validation apply, and its
+entry always gets the reply's status.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,9 +31,20 @@ from typing import Any
 from aiohttp import web
 
 from sim.context import SimContext
-from sim.exchange import Account, Exchange, OrderError, fmt_c, order_id, parse_order
-from sim.httputil import json_response, read_json
+from sim.exchange import (
+    Account,
+    AccountLimit,
+    Exchange,
+    OrderError,
+    fmt_c,
+    order_id,
+    parse_order,
+)
+from sim.httputil import ascii_int, http_reason, json_response, log_unexpected, read_json
 from sim.markets import Market
+from sim.orderlog import loggable_body
+
+log = logging.getLogger("sim.clob")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,13 +57,22 @@ PAGE = 100
 END_CURSOR = "LTE="
 MAX_BATCH = 15          # orders per POST /orders, as on Polymarket
 MAX_BOOKS = 500
+MAX_TOKEN_DIGITS = 78        # a 256-bit token id
 UNAUTHORIZED = "Unauthorized/Invalid api key"
+NO_BOOK = "No orderbook exists for the requested token id"
 
 
 class ApiError(Exception):
     def __init__(self, status: int, msg: str) -> None:
         super().__init__(msg)
         self.status, self.msg = status, msg
+
+
+class EmptySide(ApiError):
+    """The book exists but the side a value needs is empty (everything there was bought)."""
+
+    def __init__(self) -> None:
+        super().__init__(404, NO_BOOK)
 
 
 def _cursor(offset: int) -> str:
@@ -131,26 +155,15 @@ class Clob:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         entry = None
-        if (request.method, request.path) in ORDER_PATHS:
-            body, raw = await read_json(request)
-            logged = raw.decode(errors="replace") if isinstance(body, ValueError) else body
-            entry = self.ctx.order_log.record(self.ctx.clock.now(), request.method,
-                                              request.path, logged)
-        fault = self.ctx.faults.take_rest_fault("clob")
-        if fault == 429:
-            resp: web.StreamResponse = json_response({"error": "Too Many Requests"}, 429,
-                                                     {"Retry-After": "1"})
-        elif fault is not None:
-            resp = json_response({"error": "internal server error"}, fault)
-        else:
-            try:
-                resp = await handler(request)
-            except ApiError as e:
-                resp = json_response({"error": e.msg}, e.status)
-            except web.HTTPNotFound:
-                resp = json_response({"error": "not found"}, 404)
-            except web.HTTPMethodNotAllowed:
-                resp = json_response({"error": "method not allowed"}, 405)
+        try:
+            if (request.method, request.path) in ORDER_PATHS:
+                entry, early = await self._log_order_request(request)
+                resp = early if early is not None else await self._serve(request, handler)
+            else:
+                resp = await self._serve(request, handler)
+        except Exception:          # the last resort: a logged JSON 500, never a crash
+            log_unexpected(log, request)
+            resp = json_response({"error": "internal server error"}, 500)
         if entry is not None:
             entry["status"] = resp.status
             delay = self.ctx.faults.order_delay_s
@@ -160,14 +173,44 @@ class Clob:
                 await asyncio.sleep(delay)
         return resp
 
+    async def _log_order_request(self, request: web.Request
+                                 ) -> tuple[dict[str, Any], web.Response | None]:
+        """Append the request to the order log (before auth, faults and validation); a body
+        over aiohttp's size limit is answered 413 at once (a second read would see only the
+        rest of the stream)."""
+        now = self.ctx.clock.now()
+        try:
+            body, raw = await read_json(request)
+        except web.HTTPRequestEntityTooLarge as e:
+            entry = self.ctx.order_log.record(now, request.method, request.path,
+                                              f"(body over the {request.client_max_size} "
+                                              "byte limit)")
+            return entry, json_response({"error": http_reason(e)}, e.status)
+        entry = self.ctx.order_log.record(now, request.method, request.path,
+                                          loggable_body(body, raw))
+        return entry, None
+
+    async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        fault = self.ctx.faults.take_rest_fault("clob")
+        if fault == 429:
+            return json_response({"error": "Too Many Requests"}, 429, {"Retry-After": "1"})
+        if fault is not None:
+            return json_response({"error": "internal server error"}, fault)
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return json_response({"error": e.msg}, e.status)
+        except web.HTTPException as e:
+            return json_response({"error": http_reason(e)}, e.status)
+
     def _l1(self, request: web.Request) -> tuple[str, int]:
         h = request.headers
         addr, sig = h.get("POLY_ADDRESS", ""), h.get("POLY_SIGNATURE", "")
-        ts, nonce = h.get("POLY_TIMESTAMP", ""), h.get("POLY_NONCE", "0")
-        if not ADDRESS_RE.match(addr) or not SIG_RE.match(sig) or not ts.isdigit() \
-                or not nonce.isdigit():
+        nonce = ascii_int(h.get("POLY_NONCE", "0"), 78)
+        if not ADDRESS_RE.fullmatch(addr) or not SIG_RE.fullmatch(sig) \
+                or ascii_int(h.get("POLY_TIMESTAMP", "")) is None or nonce is None:
             raise ApiError(401, "Invalid L1 Request headers")
-        return addr, int(nonce)
+        return addr, nonce
 
     async def _l2(self, request: web.Request) -> Account:
         h = request.headers
@@ -182,24 +225,32 @@ class Clob:
             key = base64.urlsafe_b64decode(acc.secret)
         except (ValueError, binascii.Error) as e:
             raise ApiError(401, UNAUTHORIZED) from e
-        want = base64.urlsafe_b64encode(hmac.new(key, msg.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(want.decode(), h.get("POLY_SIGNATURE", "")):
+        # errors="replace": a header or path that is not valid text cannot match anyway.
+        want = base64.urlsafe_b64encode(
+            hmac.new(key, msg.encode(errors="replace"), hashlib.sha256).digest())
+        # compare_digest refuses non-ASCII str, so compare bytes.
+        got = h.get("POLY_SIGNATURE", "").encode(errors="replace")
+        if not hmac.compare_digest(want, got):
             raise ApiError(401, UNAUTHORIZED)
+        self.ex.touch(acc)
         return acc
 
-    async def _json(self, request: web.Request) -> Any:
-        body, _ = await read_json(request)
+    async def _json(self, request: web.Request, empty: Any = None) -> Any:
+        """The parsed JSON body; an empty body is ``empty`` if given, else invalid."""
+        body, raw = await read_json(request)
+        if empty is not None and not raw.strip():
+            return empty
         if isinstance(body, ValueError):
             raise ApiError(400, "Invalid payload")
         return body
 
     def _market_of(self, token: str | None) -> Market:
-        if not token or not token.isdigit():
+        if ascii_int(token, MAX_TOKEN_DIGITS) is None:
             raise ApiError(400, "Invalid token id")
         reg = self.ctx.markets
         m = reg.token(token) if reg is not None else None
         if m is None or not m.book_exists(self.ctx.clock.now()):
-            raise ApiError(404, "No orderbook exists for the requested token id")
+            raise ApiError(404, NO_BOOK)
         return m
 
     # -- public --------------------------------------------------------------------------------
@@ -233,23 +284,27 @@ class Clob:
         return json_response(out)
 
     def _value(self, name: str, token: str | None, side: str | None) -> dict[str, Any]:
+        """One /price, /midpoint, /spread or /last-trade-price reply. A value that needs a
+        book side which is empty (bought out) gets the documented 404 error, not a number."""
         m = self._market_of(token)
         q = self.ex.quote(m, self.ctx.clock.now(), token)
         if q is None:
-            raise ApiError(404, "No orderbook exists for the requested token id")
+            raise ApiError(404, NO_BOOK)
+        if name == "last-trade-price":
+            return {"price": f"{q['last']:.2f}", "side": ""}
         if name == "price":
             if side not in ("BUY", "SELL"):
                 raise ApiError(400, "Invalid side")
             # BUY: the best bid; SELL: the best ask (Polymarket's documented convention).
             p = q["bid"] if side == "BUY" else q["ask"]
-            return {"price": f"{p:.2f}" if p is not None else "0"}
+            if p is None:
+                raise EmptySide()
+            return {"price": f"{p:.2f}"}
+        if q["bid"] is None or q["ask"] is None:
+            raise EmptySide()
         if name == "midpoint":
-            return {"mid": f"{q['mid']:.3f}".rstrip("0").rstrip(".")}
-        if name == "spread":
-            if q["bid"] is None or q["ask"] is None:
-                return {"spread": "0"}
-            return {"spread": f"{q['ask'] - q['bid']:.2f}"}
-        return {"price": f"{q['last']:.2f}", "side": ""}
+            return {"mid": f"{(q['bid'] + q['ask']) / 2:.3f}".rstrip("0").rstrip(".")}
+        return {"spread": f"{q['ask'] - q['bid']:.2f}"}
 
     def _one(self, name: str) -> Handler:
         async def handler(request: web.Request) -> web.Response:
@@ -267,7 +322,10 @@ class Clob:
             out: dict[str, Any] = {}
             for b in body:
                 token = str(b.get("token_id", ""))
-                val = self._value(name, token, b.get("side"))
+                try:
+                    val = self._value(name, token, b.get("side"))
+                except EmptySide:
+                    continue       # the batch forms document no 404: leave the token out
                 if name == "price":
                     out.setdefault(token, {})[b.get("side")] = val["price"]
                 else:
@@ -321,7 +379,8 @@ class Clob:
             if m.outcome is not None:
                 price = 1.0 if m.outcome == outcome else 0.0
             else:
-                price = q["mid"] if q and outcome == "Up" else (1 - q["mid"]) if q else 0.5
+                up = q["mid"] if q else 0.5    # mid, or fair value when a side is empty
+                price = up if outcome == "Up" else 1 - up
             return {"token_id": token, "outcome": outcome, "price": round(price, 3),
                     "winner": m.outcome == outcome}
 
@@ -338,13 +397,18 @@ class Clob:
 
     # -- auth ------------------------------------------------------------------------------
 
-    async def create_api_key(self, request: web.Request) -> web.Response:
+    def _account(self, request: web.Request) -> Account:
         addr, nonce = self._l1(request)
-        return json_response(self.ex.account_for(addr, nonce).creds())
+        try:
+            return self.ex.account_for(addr, nonce)
+        except AccountLimit as e:
+            raise ApiError(503, str(e)) from e
+
+    async def create_api_key(self, request: web.Request) -> web.Response:
+        return json_response(self._account(request).creds())
 
     async def derive_api_key(self, request: web.Request) -> web.Response:
-        addr, nonce = self._l1(request)
-        return json_response(self.ex.account_for(addr, nonce).creds())
+        return json_response(self._account(request).creds())
 
     async def api_keys(self, request: web.Request) -> web.Response:
         acc = await self._l2(request)
@@ -385,11 +449,18 @@ class Clob:
         for item in body:
             try:
                 out.append(self._place(acc, item))
-            except OrderError as e:
+            except Exception as e:
+                # One bad item must not turn into a 500 for a batch whose other orders were
+                # placed: the client would think none was.
+                if isinstance(e, OrderError):
+                    msg = e.msg
+                else:
+                    log_unexpected(log, request)
+                    msg = "internal server error"
                 oid = ""
                 with contextlib.suppress(OrderError):
                     oid = order_id(parse_order(item)[0])
-                out.append({"success": False, "errorMsg": e.msg, "orderID": oid,
+                out.append({"success": False, "errorMsg": msg, "orderID": oid,
                             "status": "", "makingAmount": "", "takingAmount": "",
                             "transactionsHashes": [], "tradeIDs": []})
         return json_response(out)
@@ -414,11 +485,15 @@ class Clob:
 
     async def cancel_market_orders(self, request: web.Request) -> web.Response:
         acc = await self._l2(request)
-        body = await self._json(request) if request.can_read_body else {}
+        # The middleware and _l2 have read the body already (aiohttp caches it), so
+        # request.can_read_body is False here: parse the cached body, empty meaning {}.
+        body = await self._json(request, empty={})
         if not isinstance(body, dict):
             raise ApiError(400, "Invalid payload")
-        return json_response(self.ex.cancel_where(acc, body.get("market"),
-                                                  body.get("asset_id")))
+        market, asset = body.get("market") or None, body.get("asset_id") or None
+        if not isinstance(market, str | None) or not isinstance(asset, str | None):
+            raise ApiError(400, "Invalid payload")
+        return json_response(self.ex.cancel_where(acc, market, asset))
 
     async def data_orders(self, request: web.Request) -> web.Response:
         acc = await self._l2(request)
@@ -440,14 +515,17 @@ class Clob:
         acc = await self._l2(request)
         q = request.query
         now = self.ctx.clock.now()
+        # Checked up front, so a bad value is a 400 even when there is no trade to filter.
+        before = _int(q["before"]) if q.get("before") else None
+        after = _int(q["after"]) if q.get("after") else None
 
         def keep(t: dict[str, Any]) -> bool:
             return (t["owner"] == acc.api_key
                     and (not q.get("id") or t["id"] == q["id"])
                     and (not q.get("market") or t["market"] == q["market"])
                     and (not q.get("asset_id") or t["asset_id"] == q["asset_id"])
-                    and (not q.get("before") or int(t["match_time"]) < _int(q["before"]))
-                    and (not q.get("after") or int(t["match_time"]) > _int(q["after"])))
+                    and (before is None or int(t["match_time"]) < before)
+                    and (after is None or int(t["match_time"]) > after))
 
         items = [self.ex.trade_view(t, now) for t in self.ex.trades if keep(t)]
         return json_response(_page(items, q.get("next_cursor")))
@@ -489,9 +567,10 @@ class Clob:
 
 
 def _int(v: str) -> int:
-    if not v.isdigit():
+    n = ascii_int(v)
+    if n is None:
         raise ApiError(400, "invalid timestamp")
-    return int(v)
+    return n
 
 
 __all__ = ["Clob", "fmt_c"]

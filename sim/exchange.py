@@ -29,8 +29,10 @@ import hashlib
 import logging
 import math
 import random
+import re
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +54,8 @@ GTD_SAFETY_S = 60
 DUST_U = 100                 # 0.0001 USDC: what rounding may leave of a budget
 MINED_AFTER_S = 2.0
 CONFIRMED_AFTER_S = 6.0
+MAX_ACCOUNTS = 1000          # L1 auth checks no signature, so anyone can make accounts
+MAX_SETTLEMENTS = 200        # kept per account (admin /accounts shows them)
 
 
 def fee_u(shares_u: int, cents: int) -> int:
@@ -70,6 +74,10 @@ def fmt_c(cents: int) -> str:
     return f"{cents / 100:.2f}"
 
 
+class AccountLimit(Exception):
+    """MAX_ACCOUNTS accounts exist and none can be evicted."""
+
+
 class OrderError(Exception):
     """Rejected order: 400 {"error": msg}."""
 
@@ -86,8 +94,12 @@ class Account:
     passphrase: str
     balance_u: int
     positions: dict[str, int] = field(default_factory=dict)
-    settlements: list[dict[str, Any]] = field(default_factory=list)
+    settlements: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=MAX_SETTLEMENTS))
     heartbeat_at: float | None = None          # monotonic time of the last heartbeat
+    # True once it placed an order or sent a heartbeat. Until then the account holds nothing
+    # that its deterministic credentials cannot rebuild, so it may be evicted.
+    active: bool = False
 
     def creds(self) -> dict[str, str]:
         return {"apiKey": self.api_key, "secret": self.secret, "passphrase": self.passphrase}
@@ -142,14 +154,23 @@ class Exchange:
         self._volume: dict[str, float] = {}
         self._rng = random.Random(ctx.config.seed)
         self._seq = 0
+        self.max_accounts = MAX_ACCOUNTS
 
     # -- accounts ----------------------------------------------------------------------------
 
     def account_for(self, address: str, nonce: int = 0) -> Account:
-        """The account of an address, made on first use with deterministic credentials."""
+        """The account of an address, made on first use with deterministic credentials.
+
+        At most ``max_accounts`` exist: making one more evicts the least recently used account
+        that never placed an order nor sent a heartbeat (deriving its key again rebuilds it
+        as it was); raises AccountLimit if every account is active."""
         key = address.lower()
         acc = self.by_address.get(key)
-        if acc is None:
+        if acc is not None:
+            self.touch(acc)
+        else:
+            if len(self.by_address) >= self.max_accounts:
+                self._evict_one()
             d = hashlib.sha256(f"creds:{self.ctx.config.seed}:{key}:{nonce}".encode()).digest()
             acc = Account(
                 address=address, api_key=str(uuid.UUID(bytes=d[:16], version=4)),
@@ -159,6 +180,21 @@ class Exchange:
             self.by_address[key] = acc
             self.by_key[acc.api_key] = acc
         return acc
+
+    def touch(self, acc: Account) -> None:
+        """Mark the account as just used (by_address is kept in least-recent-first order)."""
+        key = acc.address.lower()
+        if self.by_address.get(key) is acc:
+            self.by_address[key] = self.by_address.pop(key)
+
+    def _evict_one(self) -> None:
+        for key, acc in self.by_address.items():
+            if not acc.active:
+                del self.by_address[key]
+                self.by_key.pop(acc.api_key, None)
+                return
+        log.warning("account limit: %d active accounts, refusing a new one", len(self.by_address))
+        raise AccountLimit(f"too many accounts (the simulator keeps {self.max_accounts})")
 
     def reserved(self, acc: Account) -> tuple[int, dict[str, int]]:
         usdc, shares = 0, {}
@@ -177,7 +213,7 @@ class Exchange:
             out.append({"address": acc.address, "api_key": acc.api_key,
                         "balance": fmt_u(acc.balance_u), "reserved": fmt_u(usdc),
                         "positions": {t: fmt_u(v) for t, v in acc.positions.items() if v},
-                        "settlements": acc.settlements[-200:],
+                        "settlements": list(acc.settlements),
                         "open_orders": sum(1 for o in self.live.values() if o.account is acc)})
         return out
 
@@ -249,7 +285,11 @@ class Exchange:
         bids, asks = self.synthetic(m, token, now)
         bid = bids[0][0] / 100 if bids else None
         ask = asks[0][0] / 100 if asks else None
-        mid = (bid + ask) / 2 if bid is not None and ask is not None else (bid or ask)
+        if bid is not None and ask is not None:
+            mid = (bid + ask) / 2
+        else:                      # a side bought out: the crowd's fair value stands in
+            fair = fair_up(self.ctx.prices, m, now)
+            mid = fair if token == m.up_token else 1 - fair
         return {"bid": bid, "ask": ask, "mid": mid,
                 "last": self._last_price.get(token, 50) / 100}
 
@@ -291,7 +331,7 @@ class Exchange:
         if by_dollars and maker_u < MIN_MARKETABLE_USDC * U:
             raise OrderError(f"order {oid} is invalid. Amount ({fmt_u(maker_u)}) lower than the "
                              f"minimum: {MIN_MARKETABLE_USDC:g}")
-        expiration = int(order["expiration"])
+        expiration = int(order.get("expiration", 0))
         if order_type == "GTD" and expiration <= now + GTD_SAFETY_S:
             raise OrderError(f"order {oid} is invalid. Expiration must be at least "
                              f"{GTD_SAFETY_S}s in the future (sim time)")
@@ -319,6 +359,7 @@ class Exchange:
             raise OrderError("no orders found to match with FAK order. FAK orders are partially "
                              "filled or killed if no match is found.")
         self.orders[oid] = o
+        acc.active = True
         trades = [self._fill(o, c, q, now, taker=True, consume_at=c) for c, q in fills]
         if by_dollars:
             o.size_u = o.matched_u              # a dollar-sized order is for what it bought
@@ -444,6 +485,7 @@ class Exchange:
 
     def heartbeat(self, acc: Account) -> dict[str, Any]:
         acc.heartbeat_at = time.monotonic()
+        acc.active = True
         return {"heartbeat_id": str(uuid.uuid4()), "error": None}
 
     # -- market lifecycle hooks ----------------------------------------------------------------
@@ -478,6 +520,8 @@ class Exchange:
         for key in [k for k in self._taken if k[0] == m.id]:
             del self._taken[key]
         self._volume.pop(m.slug, None)
+        for token in m.tokens():
+            self._last_price.pop(token, None)
 
     # -- background ----------------------------------------------------------------------------
 
@@ -534,21 +578,17 @@ class Exchange:
 # -- order payloads -------------------------------------------------------------------------
 
 _ORDER_TYPES = ("GTC", "GTD", "FOK", "FAK")
+_HEX_RE = re.compile(r"0x[0-9a-fA-F]*")
+_DIGITS_RE = re.compile(r"[0-9]{1,78}")       # ASCII only: str.isdigit() also takes '²'
 
 
 def _hex(v: Any, n: int | None) -> bool:
-    if not isinstance(v, str) or not v.startswith("0x"):
-        return False
-    body = v[2:]
-    try:
-        int(body or "0", 16)
-    except ValueError:
-        return False
-    return n is None or len(body) == n
+    return (isinstance(v, str) and _HEX_RE.fullmatch(v) is not None
+            and (n is None or len(v) == n + 2))
 
 
 def _digits(v: Any) -> bool:
-    return isinstance(v, str) and v.isdigit() and len(v) <= 78
+    return isinstance(v, str) and _DIGITS_RE.fullmatch(v) is not None
 
 
 def parse_order(body: Any) -> tuple[dict[str, Any], str, bool]:

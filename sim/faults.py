@@ -48,8 +48,11 @@ class Faults:
         actions: list[tuple[str, Any]] = []
         for key, val in body.items():
             if key in ACTIONS:
-                if val not in (None, False):
-                    actions.append((key, val))
+                if val in (None, False):
+                    continue
+                if key == "ws_shutdown":        # the grace before closing, in wall seconds
+                    val = 1.0 if val is True else _seconds(key, val)
+                actions.append((key, val))
             elif key == "ws_stall":
                 updates[key] = _stall_set(val)
             elif key == "ws_malformed":
@@ -69,7 +72,8 @@ class Faults:
             elif key == "rest_429":
                 updates[key] = _count(key, val)
             elif key == "rest_target":
-                targets = (val,) if isinstance(val, str) else tuple(val or ())
+                targets = (val,) if isinstance(val, str) else \
+                    tuple(val) if isinstance(val, list) else ()
                 if not targets or any(t not in REST_TARGETS for t in targets):
                     raise ValueError(f"rest_target must be among {list(REST_TARGETS)}")
                 updates[key] = targets

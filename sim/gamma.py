@@ -9,6 +9,7 @@ is given. Unknown markets get 404; bad query values get 422.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,8 +18,10 @@ from aiohttp import web
 
 from sim.books import fair_up
 from sim.context import SimContext
-from sim.httputil import json_response
+from sim.httputil import ascii_int, http_reason, json_response, log_unexpected
 from sim.markets import Market, iso
+
+log = logging.getLogger("sim.gamma")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
@@ -73,10 +76,11 @@ class Gamma:
             return await handler(request)
         except GammaError as e:
             return json_response({"type": "error", "error": e.msg}, e.status)
-        except web.HTTPNotFound:
-            return json_response({"type": "error", "error": "not found"}, 404)
-        except web.HTTPMethodNotAllowed:
-            return json_response({"type": "error", "error": "method not allowed"}, 405)
+        except web.HTTPException as e:
+            return json_response({"type": "error", "error": http_reason(e)}, e.status)
+        except Exception:          # the last resort: a logged JSON 500, never a crash
+            log_unexpected(log, request)
+            return json_response({"type": "error", "error": "internal server error"}, 500)
 
     # -- shapes ------------------------------------------------------------------------------
 
@@ -113,9 +117,15 @@ class Gamma:
             "umaResolutionStatus": "resolved" if m.outcome is not None else "",
             "groupItemTitle": "", "seriesSlug": f"{m.asset}-up-or-down-{m.slot.window_s // 60}m",
         }
+        # A bought-out side has no best price: that field (and the spread) is left out.
         if bid is not None:
-            out.update({"bestBid": bid, "bestAsk": ask, "spread": round(ask - bid, 4),
-                        "lastTradePrice": last})
+            out["bestBid"] = bid
+        if ask is not None:
+            out["bestAsk"] = ask
+        if bid is not None and ask is not None:
+            out["spread"] = round(ask - bid, 4)
+        if last is not None:
+            out["lastTradePrice"] = last
         return out
 
     def event_json(self, m: Market, now: float) -> dict[str, Any]:
@@ -151,7 +161,7 @@ class Gamma:
 
     async def market_by_id(self, request: web.Request) -> web.Response:
         mid = request.match_info["id"]
-        if not mid.isdigit():
+        if ascii_int(mid) is None:
             raise GammaError(422, "id is invalid")
         now = self.ctx.clock.now()
         for m in self.ctx.markets.listed(now):
@@ -229,6 +239,7 @@ def _opt_int(q, name: str, default: int) -> int:
     val = q.get(name)
     if val is None or val == "":
         return default
-    if not val.isdigit():
+    n = ascii_int(val, 18)
+    if n is None:
         raise GammaError(422, f"{name} must be a non-negative integer")
-    return int(val)
+    return n

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from core.proc import truncate
+
+# The reasons the services' own error bodies give for aiohttp's routing/size exceptions.
+HTTP_REASONS = {404: "not found", 405: "method not allowed", 413: "request entity too large"}
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -16,9 +22,32 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def read_json(request: web.Request) -> tuple[Any, bytes]:
-    """(parsed body, raw body); parsed is a ValueError instance when the body is not JSON."""
+    """(parsed body, raw body); parsed is a ValueError instance when the body is not JSON.
+    aiohttp caches the body, so this can be called again after a middleware read it."""
     raw = await request.read()
     try:
         return orjson.loads(raw), raw
     except orjson.JSONDecodeError as exc:
         return ValueError(str(exc)), raw
+
+
+def ascii_int(value: Any, max_digits: int = 20) -> int | None:
+    """``value`` as a non-negative int if it is 1..max_digits ASCII digits, else None.
+
+    ``str.isdigit`` alone is not enough: it accepts '²' or Arabic-Indic digits, which ``int``
+    then rejects (or silently converts), and a very long digit string makes ``int`` raise."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_digits:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
+def http_reason(exc: web.HTTPException) -> str:
+    return HTTP_REASONS.get(exc.status, exc.reason.lower())
+
+
+def log_unexpected(log: logging.Logger, request: web.Request) -> None:
+    """Log the exception being handled, with the request it came from (truncated)."""
+    log.exception("unexpected error serving %s %s", request.method,
+                  truncate(request.path_qs, 200))

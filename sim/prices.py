@@ -9,11 +9,13 @@ Prices are rounded to the asset's tick, and the rounded path is the only truth: 
 window opens/closes and market resolutions are all read from it.
 
 Memory: the path is generated an hour ("block") at a time, strictly in order, from an anchor
-HISTORY_BLOCKS hours before the sim start (enough for 1000 closed 15m candles). Only the 1m
-candles are kept for the whole run (about 60 rows of 11 numbers per asset per sim hour); the
-per-second arrays are kept for the latest blocks only, to build forming candles. Block ``b`` is
-drawn from ``default_rng([seed, asset index, b - anchor])``, so a seed and a start time fix
-every price.
+HISTORY_BLOCKS hours before the sim start (enough for 1000 closed 15m candles). The 1m candles
+(60 rows of 10 numbers per asset per sim hour) are kept for the latest KEEP_MINUTE_BLOCKS
+hours: the REST history window plus the markets' retention. Older ones are dropped a sim day at
+a time, so memory stays flat however long the sim runs (at speed 60 a wall day is 60 sim days).
+The per-second arrays are kept for the latest blocks only, to build forming candles. Block
+``b`` is drawn from ``default_rng([seed, asset index, b - anchor])``, so a seed and a start
+time fix every price.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ HISTORY_BLOCKS = 252          # 252 h > 1000 x 15 min = 250 h
 TREND_SEGMENT_S = 900
 JUMP_RATE_S = 1 / 7200
 KEEP_SECOND_BLOCKS = 3
+# 1m candles kept: the REST history window (HISTORY_BLOCKS) plus a market's retention after
+# its end (sim.markets.RETENTION_S, 24 h) plus one block; dropped DROP_BLOCKS at a time.
+KEEP_MINUTE_BLOCKS = HISTORY_BLOCKS + 25
+DROP_BLOCKS = 24
 TRADE_ID_BASE = 3_000_000_000
 
 
@@ -81,13 +87,16 @@ class AssetPath:
     _COLS_I = ("o", "h", "l", "c", "n", "f")
     _COLS_F = ("v", "q", "V", "Q")
 
-    def __init__(self, params: AssetParams, index: int, seed: int, anchor_block: int) -> None:
+    def __init__(self, params: AssetParams, index: int, seed: int, anchor_block: int,
+                 keep_blocks: int | None = KEEP_MINUTE_BLOCKS) -> None:
         self.params = params
         self.index = index
         self.seed = seed
         self.anchor_block = anchor_block
         self.anchor_s = anchor_block * BLOCK_S
         self.next_block = anchor_block
+        self.keep_blocks = keep_blocks        # None: keep every minute (tests compare)
+        self._base = 0                        # minutes dropped from the front of _cols
         rng = np.random.default_rng([seed, index, 1_000_000_007])
         self._logp = math.log(params.start_price) + rng.normal(0.0, 0.05)
         self._next_trade_id = TRADE_ID_BASE + index * 10**8
@@ -137,6 +146,24 @@ class AssetPath:
         for old in [b for b in self._seconds if b <= block - KEEP_SECOND_BLOCKS]:
             del self._seconds[old]
         self._append_minutes(ticks, vol, qv, n, tbv, tbq, first_id)
+        self._drop_old_minutes()
+
+    def _drop_old_minutes(self) -> None:
+        if self.keep_blocks is None:
+            return
+        keep = self.keep_blocks * (BLOCK_S // 60)
+        if self._len < keep + DROP_BLOCKS * (BLOCK_S // 60):
+            return
+        drop = self._len - keep                # whole blocks: the earliest stays hour-aligned
+        for arr in self._cols.values():
+            arr[: keep] = arr[drop: self._len]
+        self._len = keep
+        self._base += drop
+
+    @property
+    def earliest_ms(self) -> int:
+        """Open time of the oldest 1m candle kept (hour-aligned)."""
+        return (self.anchor_s + self._base * 60) * 1000
 
     def _append_minutes(self, ticks, vol, qv, n, tbv, tbq, first_id) -> None:
         m = BLOCK_S // 60
@@ -164,20 +191,23 @@ class AssetPath:
         block = second // BLOCK_S
         sec = self._seconds.get(block)
         if sec is None:  # older than the retained blocks: fall back to the minute's close
-            return int(self._cols["c"][self._minute(second * 1000)])
+            return int(self._cols["c"][max(self._minute(second * 1000), 0)])
         return int(sec.ticks[second - block * BLOCK_S])
 
     def price_at(self, second: int) -> float:
         return self.ticks_at(second) * self.params.tick
 
     def _minute(self, ms: int) -> int:
-        return (ms // 1000 - self.anchor_s) // 60
+        """Row of the 1m candle holding ``ms`` (negative if it was dropped)."""
+        return (ms // 1000 - self.anchor_s) // 60 - self._base
 
     def window_open_close(self, start_s: int, end_s: int) -> tuple[int, int]:
-        """Open of the first 1m candle and close of the last one of [start_s, end_s)."""
+        """Open of the first 1m candle and close of the last one of [start_s, end_s). A window
+        older than the kept minutes (never asked for: markets are forgotten long before) is
+        read from the earliest kept candle rather than from a wrapped-around index."""
         self.ensure(end_s - 1)
-        o = int(self._cols["o"][self._minute(start_s * 1000)])
-        c = int(self._cols["c"][self._minute(end_s * 1000) - 1])
+        o = int(self._cols["o"][max(self._minute(start_s * 1000), 0)])
+        c = int(self._cols["c"][max(self._minute(end_s * 1000) - 1, 0)])
         return o, c
 
     def _partial_minute(self, minute_open_s: int, upto_s: int) -> dict:
@@ -197,7 +227,7 @@ class AssetPath:
         """Candles with open times first_open..last_open (aligned), the last maybe forming."""
         self.ensure(now_ms // 1000)
         cur_open = now_ms // interval_ms * interval_ms
-        first_open = max(first_open, self.anchor_s * 1000)
+        first_open = max(first_open, self.earliest_ms)
         last_open = min(last_open, cur_open)
         if last_open < first_open:
             return []
@@ -255,18 +285,21 @@ class PriceModel:
     """All assets' paths, sharing one seed and one anchor."""
 
     def __init__(self, seed: int, start_s: float,
-                 assets: tuple[AssetParams, ...] = ASSET_PARAMS) -> None:
+                 assets: tuple[AssetParams, ...] = ASSET_PARAMS,
+                 keep_blocks: int | None = KEEP_MINUTE_BLOCKS) -> None:
         self.seed = seed
         self.anchor_block = int(start_s) // BLOCK_S - HISTORY_BLOCKS
         self.paths: dict[str, AssetPath] = {
-            p.symbol: AssetPath(p, i, seed, self.anchor_block) for i, p in enumerate(assets)
+            p.symbol: AssetPath(p, i, seed, self.anchor_block, keep_blocks)
+            for i, p in enumerate(assets)
         }
         self.by_asset: dict[str, AssetPath] = {p.params.asset: p for p in self.paths.values()}
         self.ensure(int(start_s))
 
     @property
     def earliest_ms(self) -> int:
-        return self.anchor_block * BLOCK_S * 1000
+        """The oldest candle every asset still has."""
+        return max(p.earliest_ms for p in self.paths.values())
 
     def ensure(self, second: int) -> None:
         for path in self.paths.values():

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from sim.testing import SimProcess, clear_faults, start_sim
+from tests.sim.inproc import InProc, inproc_sim
 
 
 def _stop_and_check(sim: SimProcess) -> None:
@@ -50,3 +51,10 @@ def own_sim(tmp_path) -> Iterator:
     yield make
     for s in made:
         _stop_and_check(s)
+
+
+@pytest.fixture
+async def inproc(tmp_path) -> AsyncIterator[InProc]:
+    """The sim's apps in this process on a clock that stands still (see tests/sim/inproc.py)."""
+    async with inproc_sim(tmp_path) as s:
+        yield s

@@ -217,6 +217,21 @@ async def test_rest_klines_format_and_history(sim):
         assert len(rows) == 5 and rows[-1][6] >= sim.clock.now_ms() - 60_000
 
 
+async def test_rest_start_before_the_history_returns_from_the_first_candle(sim):
+    """Binance answers a startTime before its first candle with candles from the first one."""
+    base = f"{sim.endpoints.binance_rest}/api/v3/klines?symbol=SOLUSDT&interval=15m"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}&startTime=0&limit=5") as r:
+            assert r.status == 200
+            rows = await r.json()
+        assert len(rows) == 5 and rows[0][0] % 900_000 == 0
+        assert all(b[0] - a[0] == 900_000 for a, b in itertools.pairwise(rows))
+        async with http.get(f"{base}&startTime={rows[0][0]}&limit=5") as r:
+            assert await r.json() == rows
+        async with http.get(f"{base}&endTime={rows[0][0] - 1}") as r:
+            assert await r.json() == []            # nothing before the first candle
+
+
 @pytest.mark.parametrize(("query", "code"), [
     ("interval=1m", -1102),
     ("symbol=BTCUSDT", -1102),

@@ -190,7 +190,8 @@ def test_rest_429_with_retry_after(sim):
 def test_bad_fault_is_refused_and_changes_nothing(sim):
     before = admin_request(sim.admin, "GET", "/faults")
     for body in ({"nope": 1}, {"ws_malformed": -1}, {"rest_error": 200}, {"ws_stall": 5},
-                 {"order_delay_s": "x"}):
+                 {"order_delay_s": "x"}, {"ws_shutdown": 1e308}, {"ws_shutdown": -1},
+                 {"ws_shutdown": "soon"}, {"rest_target": 5}, {"rest_target": {"clob": 1}}):
         with pytest.raises(urllib.error.HTTPError) as e:
             admin_request(sim.admin, "POST", "/faults", body)
         assert e.value.code == 400

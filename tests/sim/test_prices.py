@@ -7,7 +7,15 @@ import math
 import numpy as np
 
 from sim.assets import ASSET_PARAMS
-from sim.prices import HISTORY_BLOCKS, PriceModel, fmt_ticks
+from sim.markets import RETENTION_S
+from sim.prices import (
+    BLOCK_S,
+    DROP_BLOCKS,
+    HISTORY_BLOCKS,
+    KEEP_MINUTE_BLOCKS,
+    PriceModel,
+    fmt_ticks,
+)
 
 START = 1_795_000_000.0
 
@@ -68,3 +76,34 @@ def test_fmt_ticks_is_exact():
     assert fmt_ticks(9_512_345, 2) == "95123.45000000"
     assert fmt_ticks(5, 5) == "0.00005000"
     assert fmt_ticks(31_445, 5) == "0.31445000"
+
+
+def test_old_minutes_are_dropped_and_what_is_kept_is_unchanged():
+    """Memory stays flat over a long run (at speed 60 a wall day is 60 sim days)."""
+    assert KEEP_MINUTE_BLOCKS * BLOCK_S >= HISTORY_BLOCKS * BLOCK_S + RETENTION_S + BLOCK_S
+    params = ASSET_PARAMS[:1]
+    sym = params[0].symbol
+    everything = PriceModel(5, START, params, keep_blocks=None).paths[sym]
+    kept = PriceModel(5, START, params).paths[sym]
+    later = int(START) + 20 * 86_400
+    now_ms = later * 1000 + 12_345
+    for p in (everything, kept):
+        p.ensure(later)
+    assert everything._len > 20 * 24 * 60
+    assert kept._len <= (KEEP_MINUTE_BLOCKS + DROP_BLOCKS) * 60
+    assert len(kept._cols["o"]) <= 32_768
+    assert kept.earliest_ms % (BLOCK_S * 1000) == 0
+    assert kept.earliest_ms >= now_ms - (KEEP_MINUTE_BLOCKS + DROP_BLOCKS + 1) * BLOCK_S * 1000
+    for iv in (60_000, 300_000, 900_000):          # the latest 1000 candles are all there
+        first = now_ms // iv * iv - 999 * iv
+        got = kept.klines(iv, first, now_ms, now_ms)
+        assert len(got) == 1000 and got == everything.klines(iv, first, now_ms, now_ms)
+    # Asked from before the kept history: from its earliest candle, like Binance.
+    got = kept.klines(60_000, 0, kept.earliest_ms + 4 * 60_000, now_ms)
+    assert [k.t for k in got] == [kept.earliest_ms + i * 60_000 for i in range(5)]
+    assert got == everything.klines(60_000, kept.earliest_ms, kept.earliest_ms + 4 * 60_000,
+                                    now_ms)
+    start = (later - RETENTION_S) // 900 * 900     # the oldest market still retained
+    assert kept.window_open_close(start, start + 900) == \
+        everything.window_open_close(start, start + 900)
+    assert kept.ticks_at(later - 5) == everything.ticks_at(later - 5)
