@@ -73,7 +73,6 @@ _OFF_HEAD = 128
 _OFF_WAITING = 192
 _OFF_READERS = 256
 _DATA_OFF = _OFF_READERS + 64 * MAX_READERS
-_NO_WAITERS = bytes(MAX_READERS)
 _HEAD_Q = _OFF_HEAD // 8                  # word index of head in the u64 view
 _WAITING = struct.Struct("<QQ")           # the 16 waiting flags as two words
 _NOBODY = (0, 0)
@@ -89,6 +88,7 @@ _fence_release = _fence_lock.release
 def _fence() -> None:
     if _fence_acquire(False):
         _fence_release()
+
 
 READER_DT = np.dtype({
     "names": ["pid", "active", "cursor", "lapped", "lost", "name"],
@@ -333,6 +333,8 @@ class RingReader(_RingBase):
             self._readers[i] = (os.getpid(), 1, self.cursor, 0, 0, name.encode()[:24])
             self.index = i
             self._slot_q = (_OFF_READERS + 64 * i) >> 3      # word index of the slot
+            # A reader killed while asleep left its flag up; the slot is ours now.
+            self._buf[_OFF_WAITING + i] = 0
         finally:
             fcntl.flock(self._seg._fd, fcntl.LOCK_UN)
         self._bell = Bell(bell_path(self.path, i))
@@ -377,7 +379,7 @@ class RingReader(_RingBase):
                 seqs = np.arange(c, c + n, dtype=np.uint64)
                 live = self._seqs[(seqs & np.uint64(self.mask)).astype(np.intp)]
                 bad = np.flatnonzero(live != 2 * seqs + 2)
-                skip = int(bad[-1]) + 1                # overwritten ones come first
+                skip = int(bad[-1]) + 1 if len(bad) else 0   # overwritten ones come first
                 lost += skip
                 if skip == n:                          # all gone: look at head again
                     self.cursor = c + n
@@ -430,6 +432,8 @@ class RingReader(_RingBase):
                 if remaining is not None and remaining <= 0:
                     return False
                 await bell.wait(remaining)
+                if self.head() > self.cursor:  # the usual wake-up: no syscall on this path
+                    return True
         finally:
             self._set_waiting(0)
 
@@ -450,6 +454,8 @@ class RingReader(_RingBase):
                 if remaining is not None and remaining <= 0:
                     return False
                 bell.wait_blocking(remaining)
+                if self.head() > self.cursor:
+                    return True
         finally:
             self._set_waiting(0)
 
