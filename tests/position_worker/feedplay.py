@@ -23,6 +23,19 @@ def get_json(url: str) -> object:
         return orjson.loads(r.read())
 
 
+def get_book(url: str, deadline_s: float = 15.0) -> object:
+    """A freshly listed market is on Gamma before its CLOB book exists (the sim opens it a few
+    sim seconds later, as production does): wait for the book instead of failing on 404."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return get_json(url)
+        except urllib.error.HTTPError as e:
+            if e.code != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 @dataclass
 class Scanned:
     slot: int
@@ -72,7 +85,7 @@ class FeedPlayer:
         tok = {str(n).lower(): str(t) for n, t in zip(names, toks, strict=True)}
         books = {}
         for side in ("up", "down"):
-            b = get_json(f"{self.ep.clob}/book?token_id={tok[side]}")
+            b = get_book(f"{self.ep.clob}/book?token_id={tok[side]}")
             assert isinstance(b, dict)
             books[side] = best(b.get("asks", []))
         r = np.zeros((), dtype=MARKET_DT)
