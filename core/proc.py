@@ -10,6 +10,15 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+# Exit codes every worker uses. The supervisor restarts a worker only after EXIT_CRASH (or a
+# signal); the others mean "restarting cannot help" (gunicorn's WORKER_BOOT_ERROR idea).
+EXIT_OK = 0
+EXIT_CRASH = 1          # an unexpected failure: a restart may fix it
+EXIT_USAGE = 2          # bad arguments or configuration
+EXIT_OPERATOR = 3       # needs a human: lock held, credentials, layout mismatch
+EXIT_BROKEN_CODE = 4    # the (strategy) code does not load
+NO_RESTART_EXITS = frozenset({EXIT_USAGE, EXIT_OPERATOR, EXIT_BROKEN_CODE})
+
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(processName)s[%(process)d] %(name)s: %(message)s"
 
 

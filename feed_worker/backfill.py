@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Iterable
 
@@ -47,7 +46,7 @@ from core.errors import InputError, RetryableError
 from core.markets import KLINE_INTERVALS, SYMBOLS
 from core.proc import truncate
 from feed_worker.config import FeedConfig
-from feed_worker.http import Response, Transport
+from feed_worker.http import Response, Transport, retry_after_s
 from feed_worker.klines import parse_rest_klines
 from feed_worker.stats import FeedStats
 from feed_worker.windows import N_INTERVALS, RollingWindows, row_label
@@ -100,14 +99,8 @@ class BinanceRest:
                     self.resume_at = nxt
         if resp.status in (429, 418):
             ra = resp.header("Retry-After")
-            try:
-                retry_after = float(ra) if ra is not None else self.cfg.default_retry_after_s
-            except ValueError:
-                retry_after = self.cfg.default_retry_after_s
-            if math.isnan(retry_after):
-                retry_after = self.cfg.default_retry_after_s
-            # an infinite or absurd wait would stop the backfill for good: cap it
-            retry_after = min(max(0.0, retry_after), self.cfg.max_retry_after_s)
+            retry_after = retry_after_s(resp, self.cfg.default_retry_after_s,
+                                        self.cfg.max_retry_after_s)
             self.resume_at = max(self.resume_at,
                                  self.clock.now() + retry_after * self.clock.speed)
             self.stats.rate_limited += 1
@@ -211,7 +204,6 @@ class Backfiller:
         self._failures: dict[int, int] = {}
         self._history_at: dict[int, tuple[float, int]] = {}   # row -> (clock, mono) last ask
         self.initial_done = asyncio.Event()
-        self.fills = 0
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -229,9 +221,6 @@ class Backfiller:
         log.info("backfill: all %d rows requested (%s)", len(self.rows), why)
         for r in self.rows:
             self.request(r)
-
-    def idle(self) -> bool:
-        return not self._queued and not self._busy and not self._again
 
     # -- what is missing --------------------------------------------------------------------
 
@@ -329,7 +318,6 @@ class Backfiller:
             retry_in = None
             try:
                 got = await self.fill_row(r)
-                self.fills += 1
                 self._failures.pop(r, None)
                 if got:
                     log.debug("backfill: %s +%d candles", row_label(r), got)

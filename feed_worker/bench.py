@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from feed_worker.lifecycle import FeedState
 from feed_worker.segments import NAMES
 from state.control import ControlBlock
 from state.layout import FEED_STATS_DT
@@ -71,7 +72,8 @@ def run_bench(seconds: float = 10.0, speed: float = 60.0, scanner: bool = True
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))
         try:
-            _wait(lambda: paths.seg("feedstats").exists() and _stats(paths)["state"] == 3,
+            _wait(lambda: paths.seg("feedstats").exists()
+                  and _stats(paths)["state"] == FeedState.RUNNING,
                   30, "the feed to be RUNNING")
             s0 = _stats(paths)
             t0 = time.monotonic()

@@ -34,7 +34,6 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -298,7 +297,3 @@ class BinanceStream:
         delay = self.backoff.next_delay()
         log.info("reconnecting in %.2f s (attempt %d)", delay, self.backoff.attempt)
         await self._nap(delay, stop, wakeable=False)
-
-    def status(self) -> dict[str, Any]:
-        return {"state": self.sm.state.name, "connects": self.connects,
-                "backoff_attempt": self.backoff.attempt}

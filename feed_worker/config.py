@@ -8,7 +8,7 @@ machine (CPU, connection attempts) and must not shrink when the sim runs 60x.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core.markets import INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS, Slot
 
@@ -55,7 +55,6 @@ class FeedConfig:
     audit_wall_s: float = 0.5           # how often rows are checked for lag behind the clock
     audit_grace_s: float = 5.0          # clock; a closed candle may lag this long via WS
     audit_grace_wall_s: float = 1.0     # ...and at least this long in real time
-    rest_timeout_wall_s: float = 10.0
     max_retry_after_s: float = 3 * 86400.0   # real s; a 418 ban lasts 2 min .. 3 days
     # "Closed" is decided on Binance's time: a candle counts as closed when it ended more
     # than closed_margin_s (clock) before our estimate of the server's clock, and that
@@ -75,15 +74,13 @@ class FeedConfig:
     gamma_refresh_s: float = 5.0        # clock; re-read a known market's acceptingOrders
     gamma_refresh_wall_s: float = 1.0   # ...at most this often in real time
     scan_concurrency: int = 8
-    http_timeout_wall_s: float = 5.0
+    http_timeout_wall_s: float = 5.0    # per request; REST backfill and scanner share one client
     scan_default_retry_after_wall_s: float = 5.0   # a 429 from Gamma/CLOB without the header
     scan_max_retry_after_wall_s: float = 600.0
 
     # --- status ---
     heartbeat_wall_s: float = 0.25
     latency_reservoir: int = 8192
-
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.symbols if s not in SYMBOLS]
@@ -106,6 +103,3 @@ class FeedConfig:
         clock_s = max(self.stream_stall_floor_s,
                       self.stream_stall_factor * INTERVAL_MS[interval] / 1000)
         return max(self.stall_floor_wall_s, clock_s / speed)
-
-    def interval_ms(self, interval: str) -> int:
-        return INTERVAL_MS[interval]

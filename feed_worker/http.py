@@ -7,6 +7,7 @@ again. Status codes are returned, not raised: what a 404 or a 429 means depends 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -30,6 +31,20 @@ class Response:
             if k.lower() == name.lower():
                 return v
         return None
+
+
+def retry_after_s(resp: Response, default_s: float, max_s: float) -> float:
+    """Seconds a 429/418 asks us to wait: its ``Retry-After`` read as seconds, ``default_s``
+    when the header is absent, an HTTP-date, garbage or NaN; always within [0, ``max_s``]
+    (an infinite or absurd wait would stop the caller for good)."""
+    ra = resp.header("Retry-After")
+    try:
+        wait = float(ra) if ra is not None else default_s
+    except ValueError:
+        wait = default_s
+    if math.isnan(wait):
+        wait = default_s
+    return min(max(0.0, wait), max_s)
 
 
 class Transport(Protocol):

@@ -45,7 +45,7 @@ from core.errors import InputError, RetryableError
 from core.markets import Slot
 from core.proc import truncate
 from feed_worker.config import FeedConfig
-from feed_worker.http import Response, Transport
+from feed_worker.http import Response, Transport, retry_after_s
 from feed_worker.stats import FeedStats
 from state.control import ControlBlock
 from state.layout import MARKET_DT, TICK_DT, SlotStatus
@@ -76,8 +76,6 @@ class Quote:
     ask: float
     ask_size: float
 
-
-NO_QUOTE = Quote(NAN, 0.0, NAN, 0.0)
 
 
 def _json_list(v: object) -> list:
@@ -157,8 +155,7 @@ class Scanner:
     def __init__(self, transport: Transport, gamma_url: str, clob_url: str,
                  markets: TableWriter, ticks: RingWriter, control: ControlBlock | None,
                  clock: ClockLike, stats: FeedStats, cfg: FeedConfig,
-                 *, first_tick: int = 0, on_tick: Callable[[int, int], None] | None = None
-                 ) -> None:
+                 *, first_tick: int = 0) -> None:
         self.http = transport
         self.gamma = gamma_url.rstrip("/")
         self.clob = clob_url.rstrip("/")
@@ -170,7 +167,6 @@ class Scanner:
         self.cfg = cfg
         self.slots = cfg.slots
         self.tick = first_tick
-        self.on_tick = on_tick
         self._sem = asyncio.Semaphore(cfg.scan_concurrency)
         self._cache: dict[str, MarketInfo] = {}
         self._unlisted: dict[str, tuple[float, int]] = {}   # slug -> (clock, mono) last 404
@@ -189,13 +185,8 @@ class Scanner:
         if resp.status != 429:
             return False
         ra = resp.header("Retry-After")
-        try:
-            wait = float(ra) if ra is not None else math.nan
-        except ValueError:
-            wait = math.nan                  # an HTTP-date, or garbage: use the default
-        if math.isnan(wait):
-            wait = self.cfg.scan_default_retry_after_wall_s
-        wait = min(max(0.0, wait), self.cfg.scan_max_retry_after_wall_s)
+        wait = retry_after_s(resp, self.cfg.scan_default_retry_after_wall_s,
+                             self.cfg.scan_max_retry_after_wall_s)
         until = self.clock.monotonic_ns() + int(wait * 1e9)
         self._hold_until[host] = max(self._hold_until.get(host, 0), until)
         self.stats.rate_limited += 1
@@ -423,8 +414,6 @@ class Scanner:
         if self.control is not None:
             self.control.publish_tick(self.tick, tick_ms, mono)
         self.stats.tick = self.tick
-        if self.on_tick is not None:
-            self.on_tick(self.tick, ok)
 
     # -- the loop -----------------------------------------------------------------------------
 

@@ -379,12 +379,12 @@ class Engine:
         self.changed(o)
 
     def refresh(self, ck: str) -> None:
-        """Replace the in-memory copy of an order with the journal's row."""
+        """Replace the in-memory copy of an order with the journal's row.
+
+        ``changed`` takes the old copy out of the book itself: that is how it sees a row the
+        book held reach SETTLED here, and counts that settlement (once)."""
         row = self.journal.order(ck)
         if row is not None:
-            old = self.book.get(ck)
-            if old is not None:
-                self.book.pop(ck)
             self.changed(row)
 
     # -- lookups, settlement, reconciliation (settle.py, reconcile.py) --------------------

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,17 +89,29 @@ def make_record(*, epoch: int, intent_id: int, slot: int, window_start: int, slu
     return rec
 
 
+def _ring_ino(path: os.PathLike[str] | str) -> int:
+    """The inode now at ``path`` (-1 if none): tells a re-created ring from ours."""
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
+
+
 class IntentWriter:
     """The strategy side: propose orders on one lane, stamped with the writer's epoch.
 
     Attaches the position worker's ring as its producer (it never creates or unlinks it). If
     the position worker re-created the ring (it restarted after a clean stop that unlinked its
-    segments), the next submit notices the new file and re-attaches. If the ring does not exist
-    yet (the position worker is not up), construction still succeeds and ``submit`` raises
+    segments), a submit notices the new file and re-attaches. That check costs a stat(2), so
+    it runs at most every ``recheck_s`` wall seconds (and on every submit while detached): a
+    ring re-created less than ``recheck_s`` ago may still get an intent in the old, unlinked
+    one, which no one reads (as during the restart itself). If the ring does not exist yet
+    (the position worker is not up), construction still succeeds and ``submit`` raises
     ``SegmentMissingError`` until it does.
     """
 
-    def __init__(self, paths: RunPaths, lane: int, epoch: int) -> None:
+    def __init__(self, paths: RunPaths, lane: int, epoch: int, *, recheck_s: float = 0.1,
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
         if lane not in LANES:
             raise ValueError(f"lane must be one of {LANES}, got {lane}")
         self.path = paths.intents(lane)
@@ -106,21 +119,25 @@ class IntentWriter:
         self.epoch = epoch
         self._w: RingWriter | None = None
         self._ino = 0
+        self._recheck_ns = int(recheck_s * 1e9)
+        self._mono = monotonic_ns
+        self._next_check_ns = 0
         with contextlib.suppress(SegmentMissingError):
             self._attach()
 
     def _attach(self) -> None:
         self.close()
         self._w = RingWriter.attach_producer(self.path, INTENT_DT)
-        self._ino = os.stat(self.path).st_ino
+        self._ino = _ring_ino(self.path)
+        self._next_check_ns = self._mono() + self._recheck_ns
 
     def _current(self) -> RingWriter:
-        try:
-            ino = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            ino = -1
-        if self._w is None or ino != self._ino:
-            self._attach()
+        if self._w is None:
+            self._attach()                     # raises SegmentMissingError until it exists
+        elif self._mono() >= self._next_check_ns:
+            self._next_check_ns = self._mono() + self._recheck_ns
+            if _ring_ino(self.path) != self._ino:
+                self._attach()
         assert self._w is not None
         return self._w
 
@@ -172,7 +189,7 @@ class IntentSource:
     def resume(self, lane: int, next_seq: int) -> None:
         """Skip what an earlier incarnation already journaled (``next_seq`` = first new)."""
         r = self.readers[lane]
-        oldest = max(0, r.head() - r.capacity + 1)
+        oldest = max(0, r.head() - r.capacity)    # the ring's own "oldest" (RingReader)
         r.cursor = min(max(next_seq, oldest), r.head())
 
     def skip_to_head(self, lane: int) -> None:

@@ -14,7 +14,7 @@ Byte layout (after the 64-byte segment header):
     136   56              reserved         (head has the cache line to itself: hot)
     192   16              waiting          u8 x MAX_READERS: reader i is blocked on its bell
     208   48              reserved
-    256   64*MAX_READERS  reader slots     READER_DT: pid, cursor, lapped, lost, name
+    256   64*MAX_READERS  reader slots     READER_DT: pid, active, cursor, lapped, lost, name
     256+64*MAX_READERS    data             capacity x stride
 
 Each data slot is ``[seq u64][record]``. To write record number ``s`` into slot ``s % cap``

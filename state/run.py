@@ -1,7 +1,8 @@
 """Where a run's resources live: the run directory and the names of its segments.
 
 A run directory holds run.json (run id, supervisor pid, mode), sim.json, the position
-journal, control.json/status.json and logs. Segments live in /dev/shm, named
+journal, status.json, snapshot.json (the strategy state saved at a clean stop) and logs/;
+control.json is reserved for the control plane. Segments live in /dev/shm, named
 ``noblink-<run id>-<name>``. Every process derives every path from (run dir, run id) here,
 so no two modules can disagree about a name.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from state.segment import SHM_DIR, pid_alive, segment_path
+from state.segment import PREFIX, SHM_DIR, pid_alive, segment_path
 
 # segment short names -> owner, for the inspector and the leak checks
 SEGMENTS: dict[str, str] = {
@@ -97,3 +98,15 @@ class RunPaths:
     @staticmethod
     def is_live(doc: dict) -> bool:
         return pid_alive(int(doc.get("pid", 0)))
+
+    def remove_segments(self) -> list[Path]:
+        """Unlink every segment (and bell) of this run. Only for a run whose processes are
+        gone: the supervisor after its children exited, or `noblink clean` for a dead run."""
+        removed = []
+        for p in self.shm_dir.glob(f"{PREFIX}{self.run_id}-*"):
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+        return removed

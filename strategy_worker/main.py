@@ -29,7 +29,7 @@ from core.clock import Clock, ClockLike
 from core.config import load_json
 from core.errors import SnapshotEmptyError, StrategyError
 from core.fsm import StateMachine
-from core.proc import install_stop_signals, run_async, setup_logging
+from core.proc import EXIT_BROKEN_CODE, install_stop_signals, run_async, setup_logging
 from position_worker.intents import IntentWriter
 from state.control import ControlBlock, WorkerSlot
 from state.layout import TICK_DT, Outcome, WorkerRole
@@ -43,7 +43,7 @@ from strategy_worker.views import StateViews
 log = logging.getLogger("strategy_worker")
 
 DEFAULT_STRATEGY = Path(__file__).resolve().parent.parent / "strategies" / "momentum.py"
-EXIT_STRATEGY_ERROR = 4       # the strategy did not load: restarting will not help
+EXIT_STRATEGY_ERROR = EXIT_BROKEN_CODE   # the strategy did not load: restarting cannot help
 
 
 class StrategyState(enum.IntEnum):
@@ -98,7 +98,10 @@ class StrategyWorker:
         except SnapshotEmptyError:
             log.info("no snapshot yet: starting with empty strategy state")
             return
-        doc = orjson.loads(snap.data)
+        try:
+            doc = orjson.loads(snap.data)
+        except orjson.JSONDecodeError as e:
+            raise StrategyError(f"snapshot generation {snap.generation} is not JSON: {e}") from e
         state = self.strategy.migrate(snap.schema_version, doc.get("strategy", {}))
         try:
             self.strategy.instance.set_state(state)
@@ -113,10 +116,17 @@ class StrategyWorker:
         now = self.clock.now()
         # keep only keys of windows that can still matter (the last day)
         self.sent = {(s, w) for s, w in self.sent if w > now - 86_400}
-        doc = {"strategy": self.strategy.instance.get_state(), "sent": sorted(self.sent),
-               "tick": self.last_tick, "epoch": self.epoch}
-        self.snapshot.write(orjson.dumps(doc), schema_version=self.strategy.schema_version,
-                            epoch=self.epoch)
+        try:
+            doc = {"strategy": self.strategy.instance.get_state(), "sent": sorted(self.sent),
+                   "tick": self.last_tick, "epoch": self.epoch}
+            data = orjson.dumps(doc)
+        except Exception as e:      # get_state() raised or returned something not JSON-able
+            raise StrategyError(f"get_state() could not be snapshotted: {e!r}") from e
+        try:
+            self.snapshot.write(data, schema_version=self.strategy.schema_version,
+                                epoch=self.epoch)
+        except ValueError as e:     # the state outgrew the snapshot region
+            raise StrategyError(str(e)) from e
 
     # -- the cycle ------------------------------------------------------------------------
 

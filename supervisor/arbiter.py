@@ -42,7 +42,7 @@ from core.errors import OperatorError, SnapshotEmptyError
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
 from state.run import SNAPSHOT_CAPACITY, RunPaths, new_run_id
-from state.segment import pid_alive, scan_segments
+from state.segment import scan_segments
 from state.snapshot import SnapshotRegion
 from supervisor.status import StatusWriter
 from supervisor.workers import Child, ChildSpec, ChildState
@@ -51,7 +51,7 @@ log = logging.getLogger("supervisor")
 
 EXIT_ESCALATED = 3
 READY_STATES = {"feed": (3, 4), "position": (3,)}
-SNAPSHOT_FILE = "snapshot.bin"
+SNAPSHOT_FILE = "snapshot.json"
 
 
 @dataclass
@@ -122,6 +122,14 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         os.set_blocking(self._wake_w, False)
 
+    def _handle_signals(self) -> None:
+        """Dispatch queued signals: TERM/INT stop the bot; HUP (reload, in gunicorn's sense)
+        is reserved for the hot-reload orchestration and only logged for now."""
+        while self._signals and self._signals[0] == signal.SIGHUP:
+            self._signals.pop(0)
+            log.warning("SIGHUP: hot reload is not implemented yet; ignoring (a strategy "
+                        "worker that exits is restarted with the current strategy file)")
+
     # -- start-up -------------------------------------------------------------------------
 
     def setup_run(self) -> None:
@@ -134,7 +142,7 @@ class Supervisor:
         except (FileNotFoundError, ValueError, KeyError):
             old, doc = None, {}
         if old is not None:
-            if pid_alive(int(doc.get("pid", 0))) and int(doc.get("pid", 0)) != os.getpid():
+            if RunPaths.is_live(doc) and int(doc.get("pid", 0)) != os.getpid():
                 raise OperatorError(f"a noblink supervisor (pid {doc['pid']}) already runs in "
                                     f"{run_dir}; stop it first")
             if scan_segments(old.shm_dir, old.run_id):
@@ -148,11 +156,13 @@ class Supervisor:
                     self.sim_clock = Clock.from_dict(doc["sim_clock"])
             elif self.cfg.mode == "sim" and doc.get("mode") == "sim":
                 _archive_sim_journal(old, doc)
-        for info in scan_segments():
-            if info.run_id != run_id and not info.creator_alive:
-                log.warning("stale segment from a dead run: %s (creator pid %s); remove it "
-                            "with `noblink clean`", info.path,
-                            info.header.creator_pid if info.header else "?")
+        stale = {i.run_id for i in scan_segments() if i.run_id != run_id and not i.creator_alive}
+        if stale:
+            log.warning("segments of %d dead run(s) are in /dev/shm (%s); `noblink clean` "
+                        "removes them", len(stale), ", ".join(sorted(stale)[:5]))
+        if self.cfg.mode != "sim":
+            # a sim.json left by an earlier sim-mode run must not steer a paper/live worker
+            (run_dir / "sim.json").unlink(missing_ok=True)
         self.paths = RunPaths(run_dir, run_id or new_run_id())
         self.control = ControlBlock.create(self.paths.seg("control"), self.paths.run_id)
         self.control.register(WorkerSlot.SUPERVISOR, WorkerRole.SUPERVISOR, state=1,
@@ -322,6 +332,7 @@ class Supervisor:
         return self.exit_code
 
     def _stopping(self) -> bool:
+        self._handle_signals()
         return bool(self._signals) or self.exit_code != 0
 
     def _sleep(self, timeout: float) -> None:
@@ -398,8 +409,8 @@ class Supervisor:
             if res is not None:
                 res.close()
         if self.paths is not None:
-            removed = remove_run_segments(self.paths)
-            log.info("run %s stopped; removed %d segments", self.paths.run_id, removed)
+            removed = self.paths.remove_segments()
+            log.info("run %s stopped; removed %d segments", self.paths.run_id, len(removed))
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -416,13 +427,3 @@ def _archive_sim_journal(old: RunPaths, doc: dict) -> None:
             os.replace(src, old.run_dir / f"journal-sim-{old.run_id}.sqlite{suffix}")
     log.info("new simulated world: previous sim journal kept as journal-sim-%s.sqlite",
              doc.get("run_id"))
-
-
-def remove_run_segments(paths: RunPaths) -> int:
-    """Unlink every segment (and bell) of a run. Only for a run whose processes are gone."""
-    n = 0
-    for p in paths.shm_dir.glob(f"noblink-{paths.run_id}-*"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            n += 1
-    return n

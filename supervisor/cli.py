@@ -41,27 +41,28 @@ def _run(argv: list[str]) -> int:
 
 
 def _clean(argv: list[str]) -> int:
-    from state.segment import scan_segments
+    from state.run import RunPaths
+    from state.segment import SHM_DIR, scan_segments
 
     ap = argparse.ArgumentParser(prog="noblink clean",
-                                 description="Remove segments whose writer process is dead.")
+                                 description="Remove segments of dead runs.")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
     runs: dict[str, list] = {}
     for info in scan_segments():
         runs.setdefault(info.run_id, []).append(info)
     removed = 0
-    for infos in runs.values():
+    for run_id, infos in runs.items():
         if any(i.creator_alive for i in infos):
             continue                     # some owner of that run still lives: not stale
-        for i in infos:
-            print(f"{'would remove' if args.dry_run else 'removing'} {i.path}")
-            if not args.dry_run:
-                i.path.unlink(missing_ok=True)
-                for bell in i.path.parent.glob(f"{i.path.name}.bell*"):
-                    bell.unlink(missing_ok=True)
-                removed += 1
-    print(f"{removed} stale segments removed")
+        if args.dry_run:
+            for i in infos:
+                print(f"would remove {i.path}")
+            continue
+        for p in RunPaths(Path("."), run_id, SHM_DIR).remove_segments():
+            print(f"removed {p}")
+            removed += 1
+    print(f"{removed} stale files removed")
     return 0
 
 

@@ -6,8 +6,9 @@ with -9 does not leave orphans trading on their own.
 
 Restart policy (Erlang's intensity/period): at most ``intensity`` restarts within ``period``
 seconds, with exponential backoff between them. Past that the worker is FAILED and the
-supervisor escalates. Exit code 4 means "my code is broken" (gunicorn's APP_LOAD_ERROR):
-restarting cannot help, so the worker goes straight to FAILED.
+supervisor escalates. Exit codes 2 (usage), 3 (operator needed) and 4 (broken code; gunicorn's
+APP_LOAD_ERROR) mean restarting cannot help, so the worker goes straight to FAILED
+(core/proc.py).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.fsm import StateMachine
+from core.proc import NO_RESTART_EXITS
 
 log = logging.getLogger("supervisor.workers")
 
-EXIT_CODE_BROKEN = 4
 _PR_SET_PDEATHSIG = 1
 
 
@@ -152,8 +153,9 @@ class Child:
         """After an exit: schedule a restart (True) or give up (False, FAILED)."""
         now = self._now()
         p = self.spec.policy
-        if self.last_exit == EXIT_CODE_BROKEN:
-            self.fsm.to(ChildState.FAILED, "exit code 4: the code is broken, not restarting")
+        if self.last_exit in NO_RESTART_EXITS:
+            self.fsm.to(ChildState.FAILED, f"exit code {self.last_exit}: restarting cannot "
+                        "help (usage, operator needed, or broken code)")
             return False
         while self.restarts and now - self.restarts[0] > p.period:
             self.restarts.popleft()

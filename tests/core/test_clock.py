@@ -1,5 +1,8 @@
 import asyncio
+import subprocess
+import sys
 
+import orjson
 import pytest
 
 from core.clock import Clock, ManualClock
@@ -13,9 +16,17 @@ def test_accelerated_clock_runs_at_speed_and_round_trips() -> None:
 
 
 def test_two_processes_building_the_same_clock_agree() -> None:
-    a = Clock.accelerated(60.0)
-    b = Clock.from_dict(a.to_dict())
-    assert abs(a.now() - b.now()) < 1.0      # same function of the wall clock
+    """Another process that builds the clock from the published dict reads the same time
+    (it is a function of the shared wall clock, not of process start)."""
+    a = Clock.accelerated(60.0, start=1_000_000.0)
+    code = ("import sys, orjson; from core.clock import Clock; "
+            "print(Clock.from_dict(orjson.loads(sys.argv[1])).now())")
+    before = a.now()
+    out = subprocess.run([sys.executable, "-c", code, orjson.dumps(a.to_dict()).decode()],
+                         capture_output=True, text=True, timeout=60, check=True)
+    after = a.now()
+    assert before <= float(out.stdout) <= after
+    assert after - 1_000_000.0 < 60.0 * 120   # and it started where it was told to
 
 
 async def test_manual_clock_sleep_returns_only_when_advanced() -> None:

@@ -36,4 +36,4 @@ def test_sigterm_while_waiting_for_sim_json_stops_cleanly_and_promptly(run_paths
             proc.kill()
             proc.wait()
     assert rc == 0, log_path.read_text()                     # not killed by the signal (-15)
-    assert took < 2.0, took
+    assert took < 5.0, took

@@ -58,7 +58,7 @@ class Polymarket:
                 return Response(500, b"boom")
             if start > self.listed_until:
                 return Response(404, b'{"error":"not found"}')
-            # Down first for eth: the scanner must pair by name, not by position
+            # Down first for eth: the scanner must find Up by name, not assume it comes first
             outs = ["Down", "Up"] if asset == "eth" else ["Up", "Down"]
             end = start + window_s
             from datetime import UTC, datetime

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from position_worker.lifecycle import WorkerState
 from position_worker.stats import read_posstats
 from state.control import ControlBlock, WorkerSlot
 from state.layout import POSITION_DT, POSITION_STATS_DT
@@ -64,7 +65,7 @@ class WorkerProc:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
             w = control.worker(WorkerSlot.POSITION)
-            return w["pid"] == self.proc.pid and w["state"] == 3     # RUNNING
+            return w["pid"] == self.proc.pid and w["state"] == WorkerState.RUNNING
         wait_until(ok, timeout, "the position worker to run", self.tail)
 
     def wait_exit(self, timeout: float = 30.0) -> int:

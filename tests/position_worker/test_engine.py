@@ -612,3 +612,27 @@ async def test_book_age_is_market_time(rig: Rig, speed: float, stale: bool) -> N
     assert (got is None) == stale
     if stale:
         assert rejected(rig) == {"STALE_BOOK": 1}
+
+
+async def test_a_settlement_seen_through_refresh_is_counted_once(rig: Rig) -> None:
+    """The journal settled an order behind the book's back (a step failed after its commit,
+    and the error path re-read the row): refresh must count that settlement, exactly once."""
+    rig.markets.set(0, T0, up_ask=0.5)
+    rig.venue.price = 0.5
+    o = rig.engine.decide(intent())
+    assert o is not None
+    await rig.engine.execute(o)
+    assert o.state == OrderState.FILLED and rig.posstats()["settled"] == 0
+    row = rig.journal.order(o.client_key)           # the journal's own copy, not the book's
+    assert row is not None and row is not o
+    with rig.journal.transaction():
+        rig.journal.record_settlement(row, winner="up", payout=10.0, settled_ts=float(row.end_ts),
+                                      win=True)
+    rig.engine.refresh(o.client_key)
+    assert o.client_key not in rig.engine.book
+    st = rig.posstats()
+    assert st["settled"] == 1 and st["wins"] == 1
+    assert st["pnl"] == pytest.approx(10.0 - 5.0 - 0.175)
+    rig.engine.refresh(o.client_key)                # no longer held: not counted again
+    assert rig.posstats()["settled"] == 1
+    assert rig.positions() == {o.client_key: PositionState.SETTLED}

@@ -8,7 +8,7 @@ from core.errors import SegmentError, SegmentMissingError
 from position_worker.intents import IntentSource, IntentWriter
 from state.layout import INTENT_DT, Outcome
 from state.ring import RingWriter
-from state.run import RunPaths
+from state.run import INTENT_RING_CAPACITY, RunPaths
 
 
 def submit(w: IntentWriter, slot: int = 0) -> int:
@@ -59,16 +59,73 @@ def test_writer_waits_for_the_ring(run_paths: RunPaths) -> None:
         src.close(unlink=True)
 
 
+class FakeMono:
+    def __init__(self) -> None:
+        self.ns = 1_000_000_000
+
+    def __call__(self) -> int:
+        return self.ns
+
+
 def test_writer_follows_a_recreated_ring(run_paths: RunPaths) -> None:
     src = IntentSource(run_paths)
-    w = IntentWriter(run_paths, 0, epoch=1)
+    mono = FakeMono()
+    w = IntentWriter(run_paths, 0, epoch=1, recheck_s=0.1, monotonic_ns=mono)
     try:
         submit(w)
         src.close(unlink=True)                     # clean stop of the position worker...
         src = IntentSource(run_paths)              # ... and a fresh start
+        mono.ns += 100_000_000                     # the next check is due
         submit(w)
         got = src.poll()
         assert len(got) == 1 and got[0].seq == 0
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+def test_writer_stats_the_ring_at_most_every_recheck(run_paths: RunPaths,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stat(2) per submit: the path is looked at once per ``recheck_s``."""
+    from position_worker import intents
+    calls = 0
+    real = intents._ring_ino
+
+    def counting(path):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return real(path)
+    src = IntentSource(run_paths)
+    mono = FakeMono()
+    w = IntentWriter(run_paths, 0, epoch=1, recheck_s=0.1, monotonic_ns=mono)
+    monkeypatch.setattr(intents, "_ring_ino", counting)
+    try:
+        for _ in range(50):
+            submit(w)
+        assert calls == 0
+        mono.ns += 100_000_000
+        for _ in range(50):
+            submit(w)
+        assert calls == 1
+        assert [i.seq for i in src.poll(200)] == list(range(100))
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+def test_resume_on_a_lapped_ring_starts_at_its_oldest_record(run_paths: RunPaths) -> None:
+    """The oldest record still in a full ring is head - capacity (RingReader's definition);
+    resuming from before it must not skip it."""
+    src = IntentSource(run_paths)
+    w = IntentWriter(run_paths, 0, epoch=1)
+    try:
+        for _ in range(INTENT_RING_CAPACITY + 3):
+            submit(w)
+        src.close()                                # crash: the ring survives
+        src = IntentSource(run_paths)
+        src.resume(0, 1)                           # journaled up to seq 0: 1..2 were lapped
+        seqs = [i.seq for i in src.poll(INTENT_RING_CAPACITY + 10)]
+        assert seqs == list(range(3, INTENT_RING_CAPACITY + 3))
     finally:
         w.close()
         src.close(unlink=True)

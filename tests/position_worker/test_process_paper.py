@@ -11,6 +11,7 @@ import pytest
 from core.clock import Clock
 from core.markets import SLOTS
 from position_worker.intents import IntentWriter
+from position_worker.lifecycle import WorkerState
 from state.control import ControlBlock, WorkerSlot
 from state.layout import Outcome, PositionState, WorkerRole
 from state.run import RunPaths
@@ -67,14 +68,15 @@ def test_paper_intent_fill_settle_and_fencing(run_paths: RunPaths, control: Cont
                                               markets: MarketTable, venue) -> None:
     clock, gamma = venue
     w = start(run_paths, control, "--unlink-on-exit")
-    ws = open_window(clock)
-    markets.set(0, ws, up_ask=0.5)
     writer = IntentWriter(run_paths, 0, EPOCH)
     stale = IntentWriter(run_paths, 1, EPOCH - 1)
     try:
         hb = control.worker(WorkerSlot.POSITION)["heartbeat_ns"]
         wait_until(lambda: control.worker(WorkerSlot.POSITION)["heartbeat_ns"] > hb, 5,
                    "a heartbeat", w.tail)
+        # the row right before the intent: at speed 60 a book is stale after 1 wall s
+        ws = open_window(clock)
+        markets.set(0, ws, up_ask=0.5)
         slug = SLOTS[0].slug(ws)
         writer.submit(0, ws, slug, Outcome.UP, 5.0, 0.6, "paper")
         stale.submit(2, ws, SLOTS[2].slug(ws), Outcome.UP, 5.0, 0.6, "zombie")
@@ -92,7 +94,7 @@ def test_paper_intent_fill_settle_and_fencing(run_paths: RunPaths, control: Cont
         writer.close()
         stale.close()
         assert w.stop() == 0
-        assert control.worker(WorkerSlot.POSITION)["state"] == 5          # STOPPED
+        assert control.worker(WorkerSlot.POSITION)["state"] == WorkerState.STOPPED
         left = [n for n in ("positions", "posstats", "intents0", "intents1")
                 if run_paths.seg(n).exists()]
         assert left == [], f"--unlink-on-exit left {left}"

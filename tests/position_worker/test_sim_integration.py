@@ -225,18 +225,22 @@ def test_kill9_no_duplicate_no_lost_position(ctx: Ctx, point: str) -> None:
 def test_risk_limits_and_pause(ctx: Ctx) -> None:
     ctx.start("--max-open", "1")
     wr = ctx.writer()
-    a, b, c, d = (ctx.feed.scan(s) for s in (8, 10, 12, 14))
+    # each slot is scanned right before its intent: at speed 60 a book is stale after 1 wall s
+    a = ctx.feed.scan(8)
     submit(wr, a, max_price=round(a.up_ask - 0.05, 2))      # below the ask
     wait_until(lambda: read_stats(ctx.paths)["rejected"] == {"PRICE_ABOVE_MAX": 1}, 20,
                "price above max", ctx.tail)
+    b = ctx.feed.scan(10)
     submit(wr, b)
     wait_until(lambda: (p := ctx.position(b)) and p["state"] == PositionState.OPEN, 30,
                "the one allowed position", ctx.tail)
+    c = ctx.feed.scan(12)
     submit(wr, c)
     wait_until(lambda: read_stats(ctx.paths)["rejected"].get("MAX_OPEN") == 1, 20,
                "max open", ctx.tail)
     ctx.control.set_paused(True)
     wait_until(lambda: read_stats(ctx.paths)["paused"] == 1, 10, "paused in status", ctx.tail)
+    d = ctx.feed.scan(14)
     submit(wr, d)
     wait_until(lambda: read_stats(ctx.paths)["rejected"].get("PAUSED") == 1, 20, "paused",
                ctx.tail)

@@ -36,9 +36,11 @@ def status(run_dir: Path) -> dict | None:
 @pytest.fixture
 def bot(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
     run_dir = tmp_path / "run"
-    p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "run", "--speed", "60",
-                          "--run-dir", str(run_dir)],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "supervisor.log"
+    with open(log, "wb") as out:              # a file, not a pipe: it can never fill up
+        p = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "run", "--speed", "60",
+                              "--run-dir", str(run_dir)], stdout=out, stderr=subprocess.STDOUT)
+    p.log = log  # type: ignore[attr-defined]
     yield p, run_dir
     if p.poll() is None:
         p.kill()
@@ -66,9 +68,13 @@ def test_make_run_brings_up_the_whole_bot_and_stops_cleanly(bot) -> None:
     assert s["active_epoch"] == 1 and s["mode"] == "sim"
     assert s["feed"]["messages"] > 0
     pids = [w["pid"] for w in s["workers"].values()]
+    p.send_signal(signal.SIGHUP)                 # reserved for reload: must not stop the bot
+    t1 = status(run_dir)["tick"]
+    wait_for(lambda: status(run_dir)["tick"] >= t1 + 2, 60, "ticks after SIGHUP")
+    assert p.poll() is None
+    assert [w["pid"] for w in status(run_dir)["workers"].values()] == pids
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 0, out.decode()[-3000:]
+    assert p.wait(timeout=120) == 0, p.log.read_text()[-3000:]
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -102,8 +108,7 @@ def test_killed_workers_are_restarted_and_pick_up_their_state(bot) -> None:
     log = (run_dir / "logs" / "strategy.log").read_text()
     assert "restored snapshot generation" in log  # its state came back from the snapshot
     p.send_signal(signal.SIGTERM)
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 0, out.decode()[-3000:]
+    assert p.wait(timeout=120) == 0, p.log.read_text()[-3000:]
 
 
 def test_supervisor_killed_then_restarted_adopts_the_run(tmp_path: Path) -> None:
