@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from websockets.protocol import State
 
 from core.clock import Clock
 from core.errors import InputError
+from core.markets import SYMBOLS
 from feed_worker.binance_ws import Backoff, BinanceStream
 from feed_worker.config import FeedConfig
 from feed_worker.klines import parse_frame
@@ -154,14 +156,19 @@ async def test_subscribes_all_streams_and_answers_pings(fake):
     assert connects == ["connect"] and stats.reconnects == 0
 
 
-async def test_a_silent_connection_is_a_stall_and_reconnects(fake):
+async def test_a_silent_connection_is_a_stall_and_reconnects(fake, caplog):
     fb, url = fake
     fb.stall[0] = {"btcusdt@kline_1m", "btcusdt@kline_5m", "ethusdt@kline_1m",
                    "ethusdt@kline_5m"}                  # like the sim's ws_stall "*"
-    stream, stats, connects = make_stream(url)
-    await run_until(stream, lambda: len(fb.conns) >= 2 and stats.connected == 1)
+    # per-stream limit 600 s of clock = 10 s wall: far from the connection's 0.5 s floor
+    stream, stats, connects = make_stream(url, stream_stall_floor_s=600.0)
+    with caplog.at_level(logging.WARNING, logger="feed_worker.binance_ws"):
+        await run_until(stream, lambda: len(fb.conns) >= 2 and stats.connected == 1)
     lived = fb.conns[0]["closed"] - fb.conns[0]["opened"]
-    assert 0.5 <= lived < 1.4                # the wall floor, not 2 x 2 s / 60, nor 90 s / 60
+    assert lived >= 0.5                      # the wall floor, not 2 x 2 s / 60
+    # the connection's own limit fired, not the per-stream one
+    assert "no message at all on the connection" in caplog.text
+    assert "(the connection is alive)" not in caplog.text
     assert stats.stale_episodes == 1 and stats.reconnects == 1
     assert connects == ["connect", "connect"]
 
@@ -181,15 +188,18 @@ async def test_one_silent_stream_is_a_stall_only_after_the_long_per_stream_limit
 
 async def test_quiet_streams_on_a_busy_connection_are_not_stalls(fake):
     # Binance only pushes a kline update when something changed: 4-5 s gaps per stream are
-    # normal. Speed 10: the connection limit is 0.5 s wall (its floor); each stream is heard
-    # every 0.8 s wall (8 s of clock), while the connection hears something every 0.2 s.
+    # normal. Speed 10, 16 streams: the connection limit is 1 s wall (its floor); each stream
+    # is heard every 1.6 s wall (16 s of clock), while the connection hears something every
+    # 0.1 s (10x under its limit, so a busy machine's hiccup does not trip it).
     fb, url = fake
-    fb.round_robin_s = 0.2
-    stream, stats, connects = make_stream(url, speed=10.0)
+    fb.round_robin_s = 0.1
+    stream, stats, connects = make_stream(url, speed=10.0, symbols=SYMBOLS,
+                                          intervals=("1m", "5m"), stall_floor_wall_s=1.0)
+    assert len(stream.streams) == 16
     stop = asyncio.Event()
     task = asyncio.create_task(stream.run(stop))
     try:
-        await until(lambda: stats.messages >= 15)       # 3 s of quiet streams
+        await until(lambda: stats.messages >= 40)       # 4 s: each stream heard 2-3 times
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
