@@ -11,6 +11,12 @@ Loops while running: intake (both intent lanes, decisions serialised), settlemen
 reconciliation, and the heartbeat (every 0.25 s wall, also during start-up and recovery).
 An ``OperatorError`` inside a loop stops the whole worker (exit 3) instead of silently ending
 that loop while the worker still reports RUNNING.
+
+Exit codes (core/proc.py; the supervisor restarts only after 1 or a signal): 0 clean stop;
+1 a failure a restart may fix (anything unexpected, a missing sim.json or control block);
+2 bad arguments or configuration (argparse's own errors, no run.json, flags that contradict
+each other); 3 needs an operator (run dir locked by another worker, ``--mode live`` without
+``--live``, missing or refused credentials, a segment layout mismatch or full /dev/shm).
 """
 
 from __future__ import annotations
@@ -28,8 +34,20 @@ import orjson
 
 from core.clock import Clock
 from core.config import Endpoints
-from core.errors import NoblinkError, OperatorError, RetryableError
-from core.proc import install_stop_signals, run_async, setup_logging
+from core.errors import (
+    NoblinkError,
+    OperatorError,
+    RetryableError,
+    SegmentMissingError,
+)
+from core.proc import (
+    EXIT_CRASH,
+    EXIT_OPERATOR,
+    EXIT_USAGE,
+    install_stop_signals,
+    run_async,
+    setup_logging,
+)
 from position_worker.credentials import Credentials, load_live
 from position_worker.engine import Engine, EngineConfig
 from position_worker.executors.base import Executor
@@ -47,7 +65,6 @@ from state.layout import WorkerRole
 from state.run import RunPaths
 
 log = logging.getLogger("position_worker")
-EXIT_OPERATOR = 3          # "do not restart me": needs a human (credentials, layout, flags)
 # Loggers that print request headers (API key, passphrase, signature) at DEBUG: hpack/h2 log
 # every encoded header of an HTTP/2 request. Never below WARNING, whatever --log-level says.
 CHATTY_LOGGERS = ("hpack", "h2", "httpcore", "httpx")
@@ -88,6 +105,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+class UsageError(NoblinkError):
+    """Bad arguments or configuration: exit 2 (restarting with the same ones cannot help)."""
+
+
 @dataclass
 class Venue:
     endpoints: Endpoints
@@ -104,18 +125,19 @@ def resolve_venue(args: argparse.Namespace, paths: RunPaths) -> Venue:
         if not args.live:
             raise OperatorError("--mode live trades real money and needs --live as well")
         if args.crash_at:
-            raise OperatorError("crash points (--crash-at / NOBLINK_POSITION_CRASH_AT) are for "
+            raise UsageError("crash points (--crash-at / NOBLINK_POSITION_CRASH_AT) are for "
                                 "tests and are refused in live mode")
         return Venue(Endpoints.production(), Clock.real(), creds)
     if args.live:
-        raise OperatorError("--live is only meaningful with --mode live")
+        raise UsageError("--live is only meaningful with --mode live")
     if paths.sim_json.exists():
         # sim, or paper trading on the sim's data: the sim's endpoints and its clock
         info = orjson.loads(paths.sim_json.read_bytes())
         return Venue(Endpoints.from_sim_info(info), Clock.from_dict(info["clock"]),
                      Credentials.sim_throwaway(paths.run_id) if args.mode == "sim" else None)
     if args.mode == "sim":
-        raise OperatorError(f"--mode sim needs {paths.sim_json} (start the sim first)")
+        # the sim may still be starting (or restarting): a restart of ours may find it
+        raise RetryableError(f"--mode sim needs {paths.sim_json} (start the sim first)")
     return Venue(Endpoints.production(), Clock.real(), None)
 
 
@@ -174,7 +196,10 @@ class Worker:
     async def run(self) -> int:
         args = self.args
         install_stop_signals(self.stop)
-        paths, _doc = RunPaths.load(args.run_dir)
+        try:
+            paths, _doc = RunPaths.load(args.run_dir)
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"{args.run_dir} is not a run dir (run.json: {e!r})") from None
         # before anything that a second worker could disturb: the control slot, the rings,
         # the journal. Held until the process exits.
         lock = RunLock(paths.run_dir).acquire()
@@ -317,9 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         return run_async(Worker(args).run)
+    except UsageError as e:
+        log.error("position worker: %s", e)
+        return EXIT_USAGE
+    except SegmentMissingError as e:
+        # the supervisor creates the control block before it starts us: it may be restarting
+        log.error("position worker failed: %s", e)
+        return EXIT_CRASH
     except OperatorError as e:
         log.error("position worker needs an operator: %s", e)
         return EXIT_OPERATOR
     except NoblinkError as e:
         log.error("position worker failed: %s", e)
-        return 1
+        return EXIT_CRASH
+    except Exception:
+        log.exception("position worker crashed")
+        return EXIT_CRASH

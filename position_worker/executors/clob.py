@@ -150,7 +150,7 @@ class ClobExecutor(Executor):
     @property
     def client(self) -> _Client:
         if self._client is None:
-            raise OperatorError("clob executor used before start()")
+            raise RuntimeError("clob executor used before start()")   # a bug: exit 1
         return self._client
 
     # -- orders -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""CLI guard rails: live trading needs both --mode live and --live."""
+"""CLI guard rails: live trading needs both --mode live and --live; exit codes carry the
+supervisor's restart policy (1 restart, 2 bad usage, 3 needs an operator: core/proc.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from core.proc import EXIT_CRASH, EXIT_OPERATOR, EXIT_USAGE
 from state.run import RunPaths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,31 +22,49 @@ def run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess
 def test_live_mode_needs_the_live_flag(run_paths: RunPaths, control: object) -> None:
     p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live"],
             env={"NOBLINK_PK": "0x" + "cd" * 32})
-    assert p.returncode == 3
+    assert p.returncode == EXIT_OPERATOR
     assert "--live" in p.stderr
     assert "cd" * 32 not in p.stderr
 
 
 def test_sim_mode_needs_a_sim(run_paths: RunPaths, control: object) -> None:
     p = run(["--run-dir", str(run_paths.run_dir)])
-    assert p.returncode == 3 and "sim.json" in p.stderr
+    # the sim may still be starting: a restart may find it, so this is not "do not restart"
+    assert p.returncode == EXIT_CRASH and "sim.json" in p.stderr
+
+
+def test_usage_errors_exit_2(run_paths: RunPaths, control: object, tmp_path) -> None:
+    p = run(["--run-dir", str(run_paths.run_dir), "--mode", "paper", "--live"])
+    assert p.returncode == EXIT_USAGE and "--live is only meaningful" in p.stderr
+    p = run(["--run-dir", str(tmp_path / "nowhere")])
+    assert p.returncode == EXIT_USAGE and "run.json" in p.stderr
+    p = run(["--run-dir", str(run_paths.run_dir), "--mode", "nonsense"])
+    assert p.returncode == EXIT_USAGE
+
+
+def test_a_missing_control_block_is_worth_a_restart(run_paths: RunPaths) -> None:
+    """The supervisor creates the control block before starting us; without it (the
+    supervisor is restarting) exit 1, not "needs an operator"."""
+    run_paths.write_run_json(mode="test")          # a run dir, but no control block
+    p = run(["--run-dir", str(run_paths.run_dir), "--mode", "paper"])
+    assert p.returncode == EXIT_CRASH, p.stderr
 
 
 def test_live_without_credentials_is_refused(run_paths: RunPaths, control: object) -> None:
     env = {k: "" for k in ("NOBLINK_PK", "NOBLINK_CLOB_API_KEY")}
     p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live"], env=env)
-    assert p.returncode == 3 and "private key" in p.stderr
+    assert p.returncode == EXIT_OPERATOR and "private key" in p.stderr
 
 
 def test_crash_points_are_refused_in_live_mode(run_paths: RunPaths, control: object) -> None:
     key = "0x" + "cd" * 32
     p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live",
              "--crash-at", "after_send"], env={"NOBLINK_PK": key})
-    assert p.returncode == 3 and "crash points" in p.stderr
+    assert p.returncode == EXIT_USAGE and "crash points" in p.stderr
     assert "cd" * 32 not in p.stderr
     p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live"],
             env={"NOBLINK_PK": key, "NOBLINK_POSITION_CRASH_AT": "after_journal"})
-    assert p.returncode == 3 and "crash points" in p.stderr
+    assert p.returncode == EXIT_USAGE and "crash points" in p.stderr
 
 
 def test_malformed_private_key_exits_3_without_echo(run_paths: RunPaths,
@@ -52,7 +72,7 @@ def test_malformed_private_key_exits_3_without_echo(run_paths: RunPaths,
     key = "0x" + "cd" * 31 + "zz"                       # loaded, then refused
     p = run(["--run-dir", str(run_paths.run_dir), "--mode", "live", "--live"],
             env={"NOBLINK_PK": key})
-    assert p.returncode == 3 and "malformed" in p.stderr
+    assert p.returncode == EXIT_OPERATOR and "malformed" in p.stderr
     assert "cd" * 31 not in p.stderr and "cd" * 8 not in p.stderr
 
 
