@@ -63,6 +63,16 @@ class FeedPlayer:
         self.ep = endpoints
         self.clock = clock
 
+    def _avoid_rollover(self, window_s: int, min_left: float = 0.4) -> None:
+        """If the next window is about to become the current one (its price then starts to
+        move fast at speed 60), wait for the rollover first: the test's order should meet
+        the book it was priced from. A wait on the clock, with a deadline."""
+        deadline = time.monotonic() + 60
+        while (window_s - self.clock.now() % window_s) < min_left * window_s:
+            if time.monotonic() > deadline:
+                raise AssertionError("the sim clock does not advance")
+            time.sleep(0.02)
+
     def scan(self, slot: int, *, window_start: int | None = None,
              next_window: bool = True) -> Scanned:
         """Write the slot's row for the NEXT window (default) or the current one.
@@ -72,6 +82,8 @@ class FeedPlayer:
         fair price (rightly) moves by several cents per wall second at speed 60, and a FOK
         order priced from a scan 0.1 s old may be killed."""
         s = SLOTS[slot]
+        if window_start is None and next_window:
+            self._avoid_rollover(s.window_s)
         ws = s.window_start(self.clock.now())
         if window_start is not None:
             ws = window_start
@@ -88,6 +100,12 @@ class FeedPlayer:
             b = get_book(f"{self.ep.clob}/book?token_id={tok[side]}")
             assert isinstance(b, dict)
             books[side] = best(b.get("asks", []))
+        # a market listed a moment ago opens for orders a few sim seconds later
+        deadline = time.monotonic() + 15
+        while not m.get("acceptingOrders") and time.monotonic() < deadline:
+            time.sleep(0.02)
+            m = get_json(f"{self.ep.gamma}/markets/slug/{slug}")
+            assert isinstance(m, dict)
         r = np.zeros((), dtype=MARKET_DT)
         r["slot"] = slot
         r["status"] = SlotStatus.OK
