@@ -320,6 +320,8 @@ class Supervisor:
                      self.paths.status_json, self.paths.run_dir)
             while not self._stopping():
                 self._sleep(0.5)
+                if self._stopping():       # a stop signal wins over restarting anything
+                    break
                 self.reap()
                 self.check_health()
                 self.start_due()

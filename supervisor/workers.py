@@ -1,8 +1,9 @@
 """One managed child process: how to start it, its lifecycle, its restart budget.
 
 Children are fresh interpreters started as ``python -m <package> ...`` (visible as such in
-``ps``), each with its own log file, and with PR_SET_PDEATHSIG so that a supervisor killed
-with -9 does not leave orphans trading on their own.
+``ps``), each with its own log file, in their own session (a terminal's Ctrl-C reaches only
+the supervisor, which stops them in order), and with PR_SET_PDEATHSIG so that a supervisor
+killed with -9 does not leave orphans trading on their own.
 
 Restart policy (Erlang's intensity/period): at most ``intensity`` restarts within ``period``
 seconds, with exponential backoff between them. Past that the worker is FAILED and the
@@ -112,6 +113,9 @@ class Child:
             self.proc = subprocess.Popen(
                 [sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                # Own session: a Ctrl-C in the operator's terminal reaches the supervisor
+                # only, which then stops the children in order (strategy first).
+                start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.started_at = self._now()
         self.fsm.to(ChildState.STARTING, f"pid {self.proc.pid}: {' '.join(argv)}")
