@@ -75,6 +75,8 @@ def test_make_run_brings_up_the_whole_bot_and_stops_cleanly(bot) -> None:
     assert [w["pid"] for w in status(run_dir)["workers"].values()] == pids
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=120) == 0, p.log.read_text()[-3000:]
+    final = status(run_dir)["workers"]             # written after the ordered shutdown
+    assert {n: w["last_exit"] for n, w in final.items()} == dict.fromkeys(final, 0)
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
