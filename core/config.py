@@ -8,8 +8,10 @@ Modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import orjson
 
@@ -38,8 +40,14 @@ class Endpoints:
         return cls(binance_ws=info["binance_ws"], binance_rest=info["binance_rest"],
                    gamma=info["gamma"], clob=info["clob"], admin=info.get("admin"))
 
-    def with_(self, **kw: str) -> Endpoints:
-        return replace(self, **kw)
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one
+    (a per-process temp name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
 
 
 def load_json(path: str) -> dict:

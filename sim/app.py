@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from core.clock import Clock
+from core.config import write_json_atomic
 from sim.admin import Admin
 from sim.binance_rest import BinanceRest
 from sim.binance_ws import BinanceWs
@@ -47,12 +48,6 @@ def _bind(port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
 
 
 class SimApp:

@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from sim.context import SimConfig, default_run_dir
+from sim.context import SimConfig
+from state.run import default_run_dir
 
 
 def _parser() -> argparse.ArgumentParser:

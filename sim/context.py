@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from core.clock import Clock
 from sim.faults import Faults
 from sim.orderlog import OrderLog
 from sim.prices import PriceModel
+from state.run import default_run_dir
 
 if TYPE_CHECKING:
     from sim.exchange import Exchange
@@ -18,11 +18,6 @@ if TYPE_CHECKING:
 
 KLINE_UPDATE_SIM_S = 2.0      # Binance sends a kline update about every 2 s
 MIN_UPDATE_WALL_S = 0.1       # ... but never faster than this, whatever the speed
-
-
-def default_run_dir() -> Path:
-    env = os.environ.get("NOBLINK_RUN_DIR")
-    return Path(env) if env else Path(f"/tmp/noblink-{os.getuid()}")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from core.config import write_json_atomic
 from state.segment import PREFIX, SHM_DIR, pid_alive, segment_path
 
 # segment short names -> owner, for the inspector and the leak checks
@@ -85,9 +86,7 @@ class RunPaths:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         doc = {"run_id": self.run_id, "pid": os.getpid(), "started": time.time(),
                "shm_dir": str(self.shm_dir), **extra}
-        tmp = self.run_json.with_suffix(".json.tmp")
-        tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, self.run_json)
+        write_json_atomic(self.run_json, doc)
 
     @classmethod
     def load(cls, run_dir: Path) -> tuple[RunPaths, dict]:

@@ -37,7 +37,7 @@ from typing import Literal
 import orjson
 
 from core.clock import Clock
-from core.config import load_json
+from core.config import load_json, write_json_atomic
 from core.errors import OperatorError, SnapshotEmptyError
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
@@ -208,11 +208,9 @@ class Supervisor:
             snap = self.snapshot.read()
         except SnapshotEmptyError:
             return
-        f = self.paths.run_dir / SNAPSHOT_FILE
-        tmp = f.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"schema_version": snap.schema_version,
-                                      "generation": snap.generation, "data": snap.data.hex()}))
-        os.replace(tmp, f)
+        write_json_atomic(self.paths.run_dir / SNAPSHOT_FILE, {
+            "schema_version": snap.schema_version, "generation": snap.generation,
+            "data": snap.data.hex()})
 
     def _specs(self) -> list[ChildSpec]:
         assert self.paths is not None

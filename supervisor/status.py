@@ -11,8 +11,7 @@ import os
 import time
 from typing import Any
 
-import orjson
-
+from core.config import write_json_atomic
 from core.errors import NoblinkError
 from position_worker.stats import read_posstats
 from state.control import ControlBlock, WorkerSlot
@@ -69,9 +68,7 @@ class StatusWriter:
 
     def write(self, children: dict[str, Child], *, epoch: int, mode: str) -> None:
         doc = self.snapshot(children, epoch=epoch, mode=mode)
-        tmp = self.paths.status_json.with_suffix(".json.tmp")
-        tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-        os.replace(tmp, self.paths.status_json)
+        write_json_atomic(self.paths.status_json, doc)
 
     def close(self) -> None:
         for t in self._tables.values():
