@@ -318,7 +318,10 @@ class Exchange:
         maker_u, taker_u = int(order["makerAmount"]), int(order["takerAmount"])
         price = maker_u / taker_u if side == "BUY" else taker_u / maker_u
         cents = round(price * 100)
-        if not 1 <= cents <= 99 or price < 0.01 - 1e-9 or price > 0.99 + 1e-9:
+        # The price is a ratio of integer base-unit amounts, so a $900 buy at 0.99 comes out
+        # as 0.990003: range-check the tick it rounds to (the tick check below bounds the
+        # rounding), not the raw float.
+        if not 1 <= cents <= 99:
             raise OrderError(f"order {oid} is invalid. Price ({price:.4f}), min: 0.01 - max: 0.99")
         if abs(price * 100 - cents) > 0.01:
             raise OrderError(f"order {oid} is invalid. Price ({price:.4f}) breaks minimum tick "
