@@ -40,7 +40,14 @@ from sim.exchange import (
     order_id,
     parse_order,
 )
-from sim.httputil import ascii_int, http_reason, json_response, log_unexpected, read_json
+from sim.httputil import (
+    ascii_int,
+    http_reason,
+    injected_fault_reply,
+    json_response,
+    log_unexpected,
+    read_json,
+)
 from sim.markets import Market
 from sim.orderlog import loggable_body
 
@@ -191,11 +198,9 @@ class Clob:
         return entry, None
 
     async def _serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        fault = self.ctx.faults.take_rest_fault("clob")
-        if fault == 429:
-            return json_response({"error": "Too Many Requests"}, 429, {"Retry-After": "1"})
-        if fault is not None:
-            return json_response({"error": "internal server error"}, fault)
+        faulted = injected_fault_reply(self.ctx.faults.take_rest_fault("clob"))
+        if faulted is not None:
+            return faulted
         try:
             return await handler(request)
         except ApiError as e:

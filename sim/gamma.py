@@ -18,7 +18,13 @@ from aiohttp import web
 
 from sim.books import fair_up
 from sim.context import SimContext
-from sim.httputil import ascii_int, http_reason, json_response, log_unexpected
+from sim.httputil import (
+    ascii_int,
+    http_reason,
+    injected_fault_reply,
+    json_response,
+    log_unexpected,
+)
 from sim.markets import Market, iso
 
 log = logging.getLogger("sim.gamma")
@@ -67,11 +73,9 @@ class Gamma:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        fault = self.ctx.faults.take_rest_fault("gamma")
-        if fault == 429:
-            return json_response({"error": "Too Many Requests"}, 429, {"Retry-After": "1"})
-        if fault is not None:
-            return json_response({"error": "internal server error"}, fault)
+        faulted = injected_fault_reply(self.ctx.faults.take_rest_fault("gamma"))
+        if faulted is not None:
+            return faulted
         try:
             return await handler(request)
         except GammaError as e:

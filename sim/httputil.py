@@ -51,3 +51,13 @@ def log_unexpected(log: logging.Logger, request: web.Request) -> None:
     """Log the exception being handled, with the request it came from (truncated)."""
     log.exception("unexpected error serving %s %s", request.method,
                   truncate(request.path_qs, 200))
+
+
+def injected_fault_reply(status: int | None) -> web.Response | None:
+    """The reply for an injected REST fault on a Polymarket service (Gamma, CLOB), if any:
+    429 with Retry-After, or the given 5xx, in their ``{"error": ...}`` shape."""
+    if status is None:
+        return None
+    if status == 429:
+        return json_response({"error": "Too Many Requests"}, 429, {"Retry-After": "1"})
+    return json_response({"error": "internal server error"}, status)

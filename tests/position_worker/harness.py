@@ -7,11 +7,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -21,22 +19,12 @@ from state.control import ControlBlock, WorkerSlot
 from state.layout import POSITION_DT, POSITION_STATS_DT
 from state.run import RunPaths
 from state.table import TableReader
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 
-def wait_until(cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",
-               on_fail: Callable[[], str] | None = None) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            extra = on_fail() if on_fail else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{extra}")
-        time.sleep(0.02)     # poll interval of the condition, not a timing assumption
+wait_until = wait_for    # the position tests' name for it
 
 
 class WorkerProc:

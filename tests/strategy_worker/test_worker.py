@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from state.ring import RingWriter
 from state.run import SNAPSHOT_CAPACITY, TICK_RING_CAPACITY, RunPaths
 from state.snapshot import SnapshotRegion
 from state.table import TableWriter
+from tests.waiting import wait_for
 
 ALWAYS_UP = '''
 SCHEMA_VERSION = 3
@@ -40,16 +40,6 @@ class Strategy:
     def set_state(self, state):
         self.seen = state["seen"]
 '''
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or cond}")
 
 
 class FakeFeed:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.supervisor.test_run import status, wait_for
+from tests.supervisor.test_run import status
+from tests.waiting import wait_for
 
 SOAK_WALL_S = 600
 
