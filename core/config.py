@@ -43,11 +43,23 @@ class Endpoints:
 
 def write_json_atomic(path: Path, doc: Any) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one
-    (a per-process temp name, then rename)."""
+    (a per-process temp name, then rename). The file is created 0600 whatever the umask."""
     path = Path(path)
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    # A tmp with our pid can only be a leftover of a dead process that had this pid, and
+    # O_EXCL below would refuse it.
+    tmp.unlink(missing_ok=True)
+    # O_EXCL: never write through a file (or symlink) someone else put there; 0600 at
+    # creation, so the content is never readable by others, not even for a moment.
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_json(path: str) -> dict:

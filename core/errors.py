@@ -56,3 +56,11 @@ class SegmentMissingError(SegmentError):
 
 class SnapshotEmptyError(NoblinkError):
     """The snapshot region holds no complete generation yet."""
+
+
+class SnapshotCorruptError(OperatorError):
+    """A snapshot exists but no buffer holds a complete generation.
+
+    Not a SnapshotEmptyError on purpose: starting empty and committing would make the loss
+    permanent, so a human has to look first.
+    """

@@ -27,6 +27,13 @@ def setup_logging(level: str | None = None) -> None:
                         format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
+def private_umask() -> None:
+    """Make every file and directory this process creates private to its user (umask 077)."""
+    # Every file a worker creates in the run dir (journal, logs, status) must be 0600 even
+    # when the process was started from a shell with umask 022.
+    os.umask(0o077)
+
+
 def install_stop_signals(stop: asyncio.Event,
                          signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
     """SIGTERM/SIGINT set ``stop``; the loop notices and shuts down in order.

@@ -11,7 +11,9 @@ Per tick, for each slot (asset x 5m/15m):
   each side is its LAST entry (the scanner takes the max bid / min ask, which is the same
   thing, and stays right if the order ever flips).
 Then every row is written, and the tick is published: a ``TICK_DT`` record into the ticks
-ring (strategies ``await reader.wait()`` on it) and the control block's tick counter. The
+ring (strategies ``await reader.wait()`` on it), which carries a copy of the rows written for
+this tick (a strategy evaluates tick t on tick t's markets, never on rows of a scan in
+progress), and the control block's tick counter. The
 scanner tick is the strategy tick, and it continues across feed restarts.
 
 Market metadata (tokens, end, condition) never changes for a slug, so it is cached; the
@@ -173,6 +175,7 @@ class Scanner:
         self._books_post: bool | None = None     # does the CLOB have POST /books?
         self._errors_logged = 0
         self._hold_until: dict[str, int] = {}    # "gamma"/"clob" -> monotonic ns (429)
+        self._tick_rows: dict[int, np.void] = {}  # this scan's rows, copied into its tick
 
     # -- rate limits --------------------------------------------------------------------------
 
@@ -349,6 +352,7 @@ class Scanner:
         self.tick += 1
         mono = self.clock.monotonic_ns()
         ok = 0
+        self._tick_rows = {}
         for slot, w, (st, info), (nst, _) in zip(self.slots, cur, found, nxt, strict=True):
             status = self._write_slot(slot, w, st, info, nst, quotes, mono)
             ok += status is SlotStatus.OK
@@ -403,6 +407,7 @@ class Scanner:
         row["tick"] = self.tick
         row["updated_ns"] = mono
         self.markets.write(slot.index, row)
+        self._tick_rows[slot.index] = row
         return st
 
     def _publish_tick(self, tick_ms: int, ok: int) -> None:
@@ -410,6 +415,8 @@ class Scanner:
         rec = np.zeros((), dtype=TICK_DT)
         rec["tick"], rec["tick_time_ms"], rec["mono_ns"], rec["slots_ok"] = (
             self.tick, tick_ms, mono, ok)
+        for i, row in self._tick_rows.items():
+            rec["markets"][i] = row
         self.ticks.publish(rec)
         if self.control is not None:
             self.control.publish_tick(self.tick, tick_ms, mono)

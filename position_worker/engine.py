@@ -7,8 +7,11 @@ Money-safety rules, in the order they bite:
 1. An intent becomes an order only inside one journal transaction that also claims its
    idempotency key (UNIQUE), so one (slot, window) can never have two orders; a window the
    account already trades on at the venue counts as ordered too.
-2. Epoch and pause/kill are checked again after prepare, right before SENDING; a NEW row left
-   by a crash is failed, never resumed. Every state change is compare-and-set.
+2. Pause/kill and the window's end are checked again after prepare, right before SENDING;
+   the epoch is not: the fence held when the order was decided, and the supervisor flips the
+   epoch only after every intent of the old lane below its fence is decided, so a flip
+   mid-prepare (hot reload, or 0 after a crash) must not drop an accepted order. A NEW row
+   left by a crash is failed, never resumed. Every state change is compare-and-set.
    The signed request is journaled (SENDING, fsynced) before it is sent.
 3. An order whose fate is unknown (no reply, crash, timeout) is looked up, never re-sent.
    It counts as exposure until its fate is known, and is failed only when the exchange has
@@ -177,8 +180,8 @@ class Engine:
     def decide(self, it: Intent) -> OrderRow | None:
         """Journal the intent and its decision; returns the new order when accepted."""
         now = self.clock.now()
-        verdict = fence(it, self.control.active_epoch, self.lane_epoch(it.lane)) \
-            or validate(it)
+        verdict = fence(it, self.control.active_epoch, self.lane_epoch(it.lane),
+                        self.control.fence(it.lane)) or validate(it)
         quote = None
         if verdict is None:
             quote = self.markets.quote(it.slot)
@@ -203,6 +206,9 @@ class Engine:
                     max_price=it.max_price, epoch=it.epoch)
                 self.journal.insert_order(order)
             self.journal.set_lane_cursor(it.lane, self.ring_ids.get(it.lane, 0), it.seq + 1)
+        # Only now that the decision is durable: the supervisor flips the epoch once every
+        # intent of a drained lane below its fence is decided, and reads that from here.
+        self.control.set_decided(it.lane, it.seq + 1)
         self.counters.on_intent(verdict.ok, verdict.reason)
         if order is None:
             assert verdict.reason is not None
@@ -247,10 +253,14 @@ class Engine:
             self._inflight.discard(o.client_key)
 
     def send_blocked(self, o: OrderRow) -> str | None:
-        """Why ``o`` may no longer be sent (checked after prepare, right before SENDING)."""
-        active = self.control.active_epoch
-        if active == 0 or o.epoch != active:
-            return f"epoch {o.epoch} is no longer the active epoch ({active}) before sending"
+        """Why ``o`` may no longer be sent (checked after prepare, right before SENDING).
+
+        The epoch is deliberately not checked again: ``o`` was fenced when it was decided
+        (its epoch active, its lane open), and the supervisor flips the epoch only after
+        every intent of the old lane below its fence is decided. A flip during prepare (to
+        the new worker's epoch, or to 0 when a strategy crashed) is therefore no reason to
+        drop a trade that was legitimately accepted; pause/kill is, because an operator
+        means it to stop orders that are not sent yet."""
         if self.paused():
             return "pause/kill switch set before sending"
         if self.clock.now() >= o.end_ts:

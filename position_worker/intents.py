@@ -3,7 +3,8 @@
 The position worker owns (creates, adopts, unlinks) one ring per strategy lane,
 ``intents0`` and ``intents1``. The supervisor gives each strategy worker a lane; that worker is
 the only producer of its lane (during a hot reload the old and the new strategy use different
-lanes, so a ring never has two producers). Strategies write with :class:`IntentWriter`; the
+lanes, so a ring never has two producers). Strategies write with ``state.intents.IntentWriter``
+(kept out of this package so the strategy worker never imports the exchange side); the
 position worker reads both lanes with :class:`IntentSource`.
 """
 
@@ -12,20 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import InputError, SegmentMissingError
 from core.markets import N_SLOTS
+from state.intents import LANES
 from state.layout import INTENT_DT, Outcome
 from state.ring import RingReader, RingWriter
 from state.run import INTENT_RING_CAPACITY, RunPaths
-
-LANES = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -67,93 +63,6 @@ class Intent:
         if self.window_start <= 0 or not self.slug:
             return "no window/slug"
         return None
-
-
-def make_record(*, epoch: int, intent_id: int, slot: int, window_start: int, slug: str,
-                outcome: int, stake: float, max_price: float, reason: str = "",
-                created_ns: int | None = None) -> np.void:
-    rec = np.zeros((), dtype=INTENT_DT)
-    rec["epoch"] = epoch
-    rec["intent_id"] = intent_id
-    rec["created_ns"] = time.time_ns() if created_ns is None else created_ns
-    rec["slot"] = slot
-    rec["outcome"] = int(outcome)
-    rec["window_start"] = window_start
-    rec["stake"] = stake
-    rec["max_price"] = max_price
-    slug_b = slug.encode()
-    if len(slug_b) > INTENT_DT["slug"].itemsize:
-        raise InputError(f"slug {slug!r} longer than {INTENT_DT['slug'].itemsize} bytes")
-    rec["slug"] = slug_b
-    rec["reason"] = reason.encode()[:INTENT_DT["reason"].itemsize]
-    return rec
-
-
-def _ring_ino(path: os.PathLike[str] | str) -> int:
-    """The inode now at ``path`` (-1 if none): tells a re-created ring from ours."""
-    try:
-        return os.stat(path).st_ino
-    except FileNotFoundError:
-        return -1
-
-
-class IntentWriter:
-    """The strategy side: propose orders on one lane, stamped with the writer's epoch.
-
-    Attaches the position worker's ring as its producer (it never creates or unlinks it). If
-    the position worker re-created the ring (it restarted after a clean stop that unlinked its
-    segments), a submit notices the new file and re-attaches. That check costs a stat(2), so
-    it runs at most every ``recheck_s`` wall seconds (and on every submit while detached): a
-    ring re-created less than ``recheck_s`` ago may still get an intent in the old, unlinked
-    one, which no one reads (as during the restart itself). If the ring does not exist yet
-    (the position worker is not up), construction still succeeds and ``submit`` raises
-    ``SegmentMissingError`` until it does.
-    """
-
-    def __init__(self, paths: RunPaths, lane: int, epoch: int, *, recheck_s: float = 0.1,
-                 monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
-        if lane not in LANES:
-            raise ValueError(f"lane must be one of {LANES}, got {lane}")
-        self.path = paths.intents(lane)
-        self.lane = lane
-        self.epoch = epoch
-        self._w: RingWriter | None = None
-        self._ino = 0
-        self._recheck_ns = int(recheck_s * 1e9)
-        self._mono = monotonic_ns
-        self._next_check_ns = 0
-        with contextlib.suppress(SegmentMissingError):
-            self._attach()
-
-    def _attach(self) -> None:
-        self.close()
-        self._w = RingWriter.attach_producer(self.path, INTENT_DT)
-        self._ino = _ring_ino(self.path)
-        self._next_check_ns = self._mono() + self._recheck_ns
-
-    def _current(self) -> RingWriter:
-        if self._w is None:
-            self._attach()                     # raises SegmentMissingError until it exists
-        elif self._mono() >= self._next_check_ns:
-            self._next_check_ns = self._mono() + self._recheck_ns
-            if _ring_ino(self.path) != self._ino:
-                self._attach()
-        assert self._w is not None
-        return self._w
-
-    def submit(self, slot: int, window_start: int, slug: str, outcome: int, stake: float,
-               max_price: float, reason: str = "") -> int:
-        """Publish one intent; returns its ring sequence number. Never blocks."""
-        w = self._current()
-        rec = make_record(epoch=self.epoch, intent_id=w.head(), slot=slot,
-                          window_start=window_start, slug=slug, outcome=outcome, stake=stake,
-                          max_price=max_price, reason=reason)
-        return w.publish(rec)
-
-    def close(self) -> None:
-        if self._w is not None:
-            self._w.close()
-            self._w = None
 
 
 class IntentSource:

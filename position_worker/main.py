@@ -255,6 +255,7 @@ class Worker:
             self.life.to(WorkerState.RECOVERING)
             engine.load()
             self._resume_lanes(source, journal, engine)
+            self._publish_decided(source)
             if not await self._start_executor(executor):
                 return self._stopped()
             await engine.recover()
@@ -309,6 +310,14 @@ class Worker:
                             "seq %d (older intents are not replayed)", lane,
                             source.readers[lane].cursor)
 
+    def _publish_decided(self, source: IntentSource) -> None:
+        """Tell the supervisor where intake stands on each lane: everything before the
+        reader's cursor is decided (journaled) or was lost to a lapped ring and will never
+        be. Called at start-up (a restart may resume anywhere) and after each batch, so
+        lost intents, which ``decide`` never sees, do not hold a hot reload back."""
+        for lane, r in source.readers.items():
+            self.control.set_decided(lane, r.cursor)
+
     async def _start_executor(self, executor: Executor) -> bool:
         delay = 0.5
         while not self.stop.is_set():
@@ -332,6 +341,7 @@ class Worker:
                 order = engine.decide(it)
                 if order is not None:
                     engine.launch(order)
+            self._publish_decided(source)
             if source.lost() != lost:
                 log.error("intent rings lapped: %d intents lost", source.lost() - lost)
                 lost = source.lost()

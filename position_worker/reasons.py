@@ -25,6 +25,8 @@ class RejectReason(enum.IntEnum):
     STAKE = 11            # the stake is not the configured fixed stake
     STALE_BOOK = 12       # the scanned book is too old to trust
     NO_BOOK = 13          # no ask on the wanted side
+    FENCED = 14           # hot reload: the intent's lane was closed (fenced) when its worker
+                          # drained; only intents below the fence may still trade
 
 
 assert len(RejectReason) <= N_REJECT_REASONS

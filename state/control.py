@@ -21,8 +21,18 @@ themselves so that one writer's stores do not invalidate another's line:
                                    index e % 8
     896   8      flags             u8 paused, u8 kill, 6 reserved
     904   56     reserved
+    960   8*2    decided[2]        u64: the next intent seq of lane l the position worker has
+                                   not decided yet (it writes it after journaling a decision)
+    976   8*2    fence[2]          u64: lane l's intents with seq >= fence[l] are refused
+                                   (written by the supervisor when a worker drains;
+                                   NO_FENCE = 2**64-1 when open)
+    992   32     reserved
+    1024  384*2  lanes[2]          LANE_DT: the supervisor <-> strategy worker mailbox of lane
+                                   l (commands, drain/handoff reports, decisions per tick)
 
-Worker slot indices are fixed: see ``WorkerSlot``.
+Worker slot indices are fixed: see ``WorkerSlot``. Fields written by one process and read by
+another are whole aligned u64 words (one store each on x86-64), and every multi-field
+message publishes its sequence word last.
 """
 
 from __future__ import annotations
@@ -36,9 +46,13 @@ import numpy as np
 from state.layout import (
     EPOCH_TICK_DT,
     HEADER_SIZE,
+    LANE_DT,
     MAX_EPOCH_TICKS,
     MAX_WORKERS,
+    N_LANES,
     WORKER_DT,
+    LaneAck,
+    LaneCommand,
     SegmentKind,
     WorkerRole,
     layout_hash,
@@ -51,8 +65,13 @@ _OFF_TICK = 192
 _OFF_WORKERS = 256
 _OFF_EPOCH_TICKS = 768
 _OFF_FLAGS = 896
-PAYLOAD_SIZE = 960 - HEADER_SIZE
-CONTROL_HASH = layout_hash("control", WORKER_DT, EPOCH_TICK_DT, MAX_WORKERS, MAX_EPOCH_TICKS)
+_OFF_DECIDED = 960
+_OFF_FENCE = 976
+_OFF_LANES = 1024
+PAYLOAD_SIZE = _OFF_LANES + N_LANES * LANE_DT.itemsize - HEADER_SIZE
+CONTROL_HASH = layout_hash("control", WORKER_DT, EPOCH_TICK_DT, MAX_WORKERS, MAX_EPOCH_TICKS,
+                           LANE_DT, N_LANES, _OFF_DECIDED, _OFF_FENCE, _OFF_LANES)
+NO_FENCE = (1 << 64) - 1
 
 
 class WorkerSlot(enum.IntEnum):
@@ -84,6 +103,7 @@ class ControlBlock:
                                      offset=_OFF_WORKERS)
         self.epoch_ticks = np.frombuffer(seg.buf, dtype=EPOCH_TICK_DT, count=MAX_EPOCH_TICKS,
                                          offset=_OFF_EPOCH_TICKS)
+        self.lanes = np.frombuffer(seg.buf, dtype=LANE_DT, count=N_LANES, offset=_OFF_LANES)
 
     @classmethod
     def create(cls, path: Path, run_id: str) -> ControlBlock:
@@ -92,6 +112,9 @@ class ControlBlock:
         if not adopted:
             seg.buf[_OFF_RUN_ID:_OFF_RUN_ID + 32] = run_id.encode()[:32].ljust(32, b"\0")
         cb = cls(seg)
+        if not adopted:
+            for lane in range(N_LANES):
+                cb.set_fence(lane, None)
         cb.adopted = adopted
         return cb
 
@@ -158,6 +181,71 @@ class ControlBlock:
     def set_killed(self, killed: bool) -> None:
         self._buf[_OFF_FLAGS + 1] = int(killed)
 
+    # -- intent lanes: decided cursor (position worker) and fence (supervisor) --------------
+
+    def decided(self, lane: int) -> int:
+        """The next seq of ``lane``'s intent ring the position worker has not decided."""
+        return self._u64[(_OFF_DECIDED >> 3) + lane]
+
+    def set_decided(self, lane: int, next_seq: int) -> None:
+        self._u64[(_OFF_DECIDED >> 3) + lane] = next_seq
+
+    def fence(self, lane: int) -> int | None:
+        """Intents of ``lane`` with seq >= this are refused; None when the lane is open."""
+        v = self._u64[(_OFF_FENCE >> 3) + lane]
+        return None if v == NO_FENCE else int(v)
+
+    def set_fence(self, lane: int, seq: int | None) -> None:
+        """Only the supervisor calls this: close a drained worker's lane at its head."""
+        self._u64[(_OFF_FENCE >> 3) + lane] = NO_FENCE if seq is None else seq
+
+    # -- lane mailboxes (supervisor <-> strategy worker) ---------------------------------
+
+    def send_lane(self, lane: int, cmd: LaneCommand, *, gen: int = 0, tick: int = 0,
+                  epoch: int = 0, n: int = 0) -> int:
+        """Post a command to ``lane``'s worker (arguments first, sequence last); returns its
+        sequence number, which the worker's acknowledgement will carry."""
+        rec = self.lanes[lane]
+        seq = int(rec["cmd_seq"]) + 1
+        rec["arg_gen"], rec["arg_tick"], rec["arg_epoch"], rec["arg_n"] = gen, tick, epoch, n
+        rec["cmd"] = int(cmd)
+        rec["cmd_seq"] = seq
+        return seq
+
+    def lane_command(self, lane: int) -> tuple[int, LaneCommand, dict]:
+        """(seq, command, arguments) as last posted on ``lane``."""
+        rec = self.lanes[lane].copy()
+        args = {k: int(rec[f"arg_{k}"]) for k in ("gen", "tick", "epoch", "n")}
+        return int(rec["cmd_seq"]), LaneCommand(int(rec["cmd"])), args
+
+    def ack_lane(self, lane: int, seq: int, ok: bool, **report: int) -> None:
+        """The worker's answer to command ``seq`` (report fields first, ack_seq last)."""
+        rec = self.lanes[lane]
+        for k, v in report.items():
+            rec[k] = v
+        rec["ack"] = int(LaneAck.OK if ok else LaneAck.ERROR)
+        rec["ack_seq"] = seq
+
+    def lane_ack(self, lane: int) -> tuple[int, LaneAck]:
+        rec = self.lanes[lane]
+        return int(rec["ack_seq"]), LaneAck(int(rec["ack"]))
+
+    def lane(self, lane: int) -> np.void:
+        """A copy of ``lane``'s whole record."""
+        return self.lanes[lane].copy()
+
+    def reset_lane(self, lane: int) -> None:
+        """Before a new worker starts on ``lane``: no stale command, report or fence. The
+        sequence numbers keep growing, so an old acknowledgement never matches a new
+        command."""
+        rec = self.lanes[lane]
+        seq = max(int(rec["cmd_seq"]), int(rec["ack_seq"]))
+        self.lanes[lane] = np.zeros((), dtype=LANE_DT)
+        rec = self.lanes[lane]
+        rec["ack_seq"] = seq
+        rec["cmd_seq"] = seq
+        self.set_fence(lane, None)
+
     # -- workers --------------------------------------------------------------------------
 
     def register(self, slot: WorkerSlot, role: WorkerRole, *, state: int = 0, lane: int = 0,
@@ -172,8 +260,13 @@ class ControlBlock:
         if state is not None:
             w["state"] = state
 
-    def clear(self, slot: WorkerSlot) -> None:
+    def clear(self, slot: WorkerSlot, pid: int | None = None) -> bool:
+        """Empty ``slot``; with ``pid``, only if that process still owns it (a worker, or
+        the supervisor on behalf of a reaped one, never clears a successor's slot)."""
+        if pid is not None and int(self.workers[slot]["pid"]) != pid:
+            return False
         self.workers[slot] = np.zeros((), dtype=WORKER_DT)
+        return True
 
     def worker(self, slot: WorkerSlot) -> dict:
         w = self.workers[slot].copy()
@@ -186,7 +279,7 @@ class ControlBlock:
 
     def close(self) -> None:
         """Idempotent."""
-        self.workers = self.epoch_ticks = None  # type: ignore[assignment]
+        self.workers = self.epoch_ticks = self.lanes = None  # type: ignore[assignment]
         for view in (getattr(self, "_u64", None), getattr(self, "_i64", None)):
             if view is not None:
                 view.release()

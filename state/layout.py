@@ -28,6 +28,8 @@ import hashlib
 
 import numpy as np
 
+from core.markets import N_SLOTS
+
 LAYOUT_VERSION = 1
 MAGIC = b"NOBLINK\x01"
 CACHE_LINE = 64
@@ -101,15 +103,6 @@ WINDOW_ROW_DT = np.dtype([
     ("candles", KLINE_DT, (WINDOW_CAPACITY,)),
 ])
 
-# A scanner tick, published into the tick ring so strategies can block on "next tick". 32 B.
-TICK_DT = np.dtype([
-    ("tick", "<u8"),
-    ("tick_time_ms", "<i8"),   # clock time of the scan (sim ms in sim mode)
-    ("mono_ns", "<i8"),
-    ("slots_ok", "<u4"),       # slots with a current market and book
-    ("_pad", "u1", (4,)),
-])
-
 # --- markets (the 16 slots) --------------------------------------------------------------
 
 class SlotStatus(enum.IntEnum):
@@ -137,6 +130,19 @@ MARKET_DT = np.dtype([
     ("updated_ns", "<i8"),
     ("next_status", "u1"),     # SlotStatus of the next window's market
     ("_pad", "u1", (7,)),
+])
+
+# A scanner tick, published into the tick ring so strategies can block on "next tick". It
+# carries a copy of every slot's market row as the scanner wrote it for this tick, so a
+# strategy evaluates tick t on tick t's markets even when it reads the record late (the live
+# markets table may already hold tick t+1's rows). 32 + N_SLOTS x MARKET_DT bytes.
+TICK_DT = np.dtype([
+    ("tick", "<u8"),
+    ("tick_time_ms", "<i8"),   # clock time of the scan (sim ms in sim mode)
+    ("mono_ns", "<i8"),
+    ("slots_ok", "<u4"),       # slots with a current market and book
+    ("_pad", "u1", (4,)),
+    ("markets", MARKET_DT, (N_SLOTS,)),
 ])
 
 # --- orders and positions ----------------------------------------------------------------
@@ -263,6 +269,57 @@ WORKER_DT = np.dtype({
 })
 
 EPOCH_TICK_DT = np.dtype([("epoch", "<u8"), ("tick", "<u8")])
+
+N_LANES = 2
+MAX_SLOTS = 32          # decision codes per lane record (the universe has at most this many)
+DECISION_HISTORY = 4    # ticks of decisions kept per lane (shadow comparison, status)
+
+
+class LaneCommand(enum.IntEnum):
+    """What the supervisor asks of the strategy worker on a lane (see state/control.py)."""
+
+    NONE = 0
+    DRAIN = 1          # finish the cycle, final snapshot, stop trading, report G/T/H
+    RESUME = 2         # a drained worker goes back to trading (rollback after drain)
+    HANDOFF = 3        # restore exactly generation arg_gen (epoch arg_epoch, tick arg_tick)
+    RETIRE = 4         # exit 0 (after the flip, or a standby that is not wanted)
+    SHADOW = 5         # evaluate arg_n live ticks beside the active worker, never trade
+
+
+class LaneAck(enum.IntEnum):
+    NONE = 0
+    OK = 1
+    ERROR = 2
+
+
+class Decided(enum.IntEnum):
+    """One slot's decision code in a lane record."""
+
+    NOT_EVALUATED = 0    # the slot had no listed market with a book at this tick
+    NONE = 1             # evaluated: no trade
+    UP = 2
+    DOWN = 3
+    ERROR = 4            # evaluate() raised
+
+
+# One strategy lane's mailbox in the control block (supervisor -> worker commands, worker ->
+# supervisor reports). Commands: the supervisor writes the arguments, then cmd, then cmd_seq
+# last; reports: the worker writes every field, then ack_seq last. 384 bytes.
+LANE_DT = np.dtype({
+    "names": ["cmd_seq", "cmd", "arg_gen", "arg_tick", "arg_epoch", "arg_n",
+              "ack_seq", "ack", "gen", "tick", "head", "evaluated", "eval_errors", "skipped",
+              "first_lat_ns", "lat_p50_ns", "active_tick", "shadow_diffs",
+              "dec_ticks", "decisions"],
+    "formats": ["<u8", "<u4", "<u8", "<u8", "<u8", "<u8",
+                "<u8", "<u4", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
+                "<i8", "<i8", "<u8", "<u8",
+                ("<u8", (DECISION_HISTORY,)), ("u1", (DECISION_HISTORY, MAX_SLOTS))],
+    "offsets": [0, 8, 16, 24, 32, 40,
+                64, 72, 80, 88, 96, 104, 112, 120,
+                128, 136, 144, 152,
+                192, 224],
+    "itemsize": 384,
+})
 
 
 # The strategy snapshot region's per-buffer header (see state/snapshot.py). 64 bytes.

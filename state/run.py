@@ -5,12 +5,18 @@ journal, status.json, snapshot.json (the strategy state saved at a clean stop) a
 control.json is reserved for the control plane. Segments live in /dev/shm, named
 ``noblink-<run id>-<name>``. Every process derives every path from (run dir, run id) here,
 so no two modules can disagree about a name.
+
+The run directory is private: by default under the user's XDG state directory (not a
+predictable name in world-writable /tmp), mode 0700, owned by the user, and
+:func:`prepare_run_dir` refuses one that another user could have planted or can write to.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,7 @@ from pathlib import Path
 import orjson
 
 from core.config import write_json_atomic
+from core.errors import OperatorError
 from state.segment import PREFIX, SHM_DIR, pid_alive, segment_path
 
 # segment short names -> owner, for the inspector and the leak checks
@@ -35,14 +42,71 @@ SEGMENTS: dict[str, str] = {
     "intents1": "position",
 }
 KLINE_RING_CAPACITY = 1 << 16
-TICK_RING_CAPACITY = 1 << 10
+TICK_RING_CAPACITY = 1 << 8     # 21 min of ticks at 1x; a record is ~6.4 KB
 INTENT_RING_CAPACITY = 1 << 8
 SNAPSHOT_CAPACITY = 4 << 20
 
+log = logging.getLogger(__name__)
+
 
 def default_run_dir() -> Path:
+    """``$NOBLINK_RUN_DIR``, else ``$XDG_STATE_HOME/noblink``, else ``~/.local/state/noblink``.
+
+    A relative XDG_STATE_HOME is ignored, as the XDG base directory spec requires.
+    """
     env = os.environ.get("NOBLINK_RUN_DIR")
-    return Path(env) if env else Path(f"/tmp/noblink-{os.getuid()}")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "noblink"
+    return Path.home() / ".local" / "state" / "noblink"
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create the run directory (mode 0700, parents as needed) or check an existing one.
+
+    Raises OperatorError for a run dir that is a symlink, is not a directory, is owned by
+    another user, or is writable by group or others: any of these lets someone else plant
+    or swap the files the bot trusts. An existing dir of ours that is merely readable by
+    others (0755 from an older version) is tightened to 0700 with a warning.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+        created = True
+    except FileExistsError:
+        created = False
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise OperatorError(f"run dir {path} is a symlink; refusing it "
+                            f"(point the run dir at the real directory)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OperatorError(f"run dir {path} exists and is not a directory")
+    # From here on work on an fd that cannot follow a symlink, so the checks and the chmod
+    # apply to the very directory checked, even if the path is swapped meanwhile.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise OperatorError(f"run dir {path} cannot be opened as a directory: {e}") from e
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != os.getuid():
+            raise OperatorError(f"run dir {path} is owned by uid {st.st_uid}, not by this "
+                                f"user (uid {os.getuid()}); refusing it")
+        if mode & 0o022:
+            raise OperatorError(f"run dir {path} is writable by group or others "
+                                f"(mode {mode:04o}); refusing it (chmod 700 it, or remove it)")
+        if mode != 0o700:
+            if not created and mode & 0o077:
+                log.warning("run dir %s had mode %04o; tightening it to 0700", path, mode)
+            # mkdir applied the umask: set exactly 0700, whatever the umask was
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return path
 
 
 def new_run_id() -> str:

@@ -19,6 +19,15 @@ order: meta.generation = 0 (invalidates it), payload, length/crc/schema/epoch, a
 generation = g last. A writer killed at any point leaves that buffer invalid (generation 0 or
 a CRC mismatch), and the other buffer still holds generation g-1. A reader copies meta and
 payload, re-reads the generation, and checks the CRC, so a concurrent write is detected too.
+
+Reading distinguishes two failures, because they call for opposite reactions:
+- SnapshotEmptyError: no snapshot was ever committed (both generations 0); the strategy
+  starts with empty state.
+- SnapshotCorruptError (an OperatorError): some buffer carries a nonzero generation, yet none
+  validates (CRC mismatch, or a length beyond the capacity) even after retries. Starting
+  empty here and committing would overwrite the last good copy, so the caller must stop.
+:meth:`SnapshotRegion.read_generation` restores one exact generation (the hot-reload
+handoff); it raises SnapshotEmptyError when that generation has been overwritten.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import SegmentMismatchError, SnapshotEmptyError
+from core.errors import SegmentMismatchError, SnapshotCorruptError, SnapshotEmptyError
 from state.layout import HEADER_SIZE, SNAPSHOT_META_DT, SegmentKind, layout_hash
 from state.segment import Segment
 
@@ -39,6 +48,9 @@ _OFF_CAP = HEADER_SIZE
 _OFF_META = 128
 _OFF_DATA = 256
 SNAPSHOT_HASH = layout_hash("snapshot", SNAPSHOT_META_DT)
+# A buffer that fails validation may just be in the middle of a concurrent write; only a
+# failure that persists this many attempts is corruption.
+READ_RETRIES = 100
 
 
 @dataclass(frozen=True)
@@ -109,29 +121,71 @@ class SnapshotRegion:
         return gen
 
     def read(self) -> Snapshot:
-        """The newest complete generation. Raises SnapshotEmptyError when there is none."""
-        for _ in range(100):
-            order = sorted((0, 1), key=lambda b: int(self._meta[b]["generation"]), reverse=True)
-            for b in order:
-                snap = self._read_buffer(b)
-                if snap is not None:
-                    return snap
-            if all(int(self._meta[b]["generation"]) == 0 for b in (0, 1)):
-                break
-        raise SnapshotEmptyError(f"{self.path}: no complete snapshot")
+        """The newest complete generation.
 
-    def _read_buffer(self, b: int) -> Snapshot | None:
+        Raises SnapshotEmptyError when no generation was ever committed, and
+        SnapshotCorruptError when one was but no buffer validates after READ_RETRIES tries.
+        """
+        reasons: list[str] = []
+        for _ in range(READ_RETRIES):
+            order = sorted((0, 1), key=lambda b: int(self._meta[b]["generation"]), reverse=True)
+            reasons = []
+            for b in order:
+                got = self._check_buffer(b)
+                if isinstance(got, Snapshot):
+                    return got
+                reasons.append(got)
+            if all(int(self._meta[b]["generation"]) == 0 for b in (0, 1)):
+                raise SnapshotEmptyError(f"{self.path}: no complete snapshot "
+                                         f"(no generation was ever committed)")
+        raise SnapshotCorruptError(f"{self.path}: a snapshot exists but no buffer holds a "
+                                   f"complete generation ({'; '.join(reasons)})")
+
+    def read_generation(self, generation: int) -> Snapshot:
+        """Exactly ``generation`` (the hot-reload handoff restores what the old worker wrote).
+
+        Raises SnapshotEmptyError when neither buffer holds it (any more), and
+        SnapshotCorruptError when a buffer holds it but it does not validate.
+        """
+        if generation < 1:
+            raise ValueError(f"generation {generation} is not a committed generation (>= 1)")
+        reason = ""
+        for _ in range(READ_RETRIES):
+            held = [b for b in (0, 1) if int(self._meta[b]["generation"]) == generation]
+            if not held:
+                g0, g1 = (int(self._meta[b]["generation"]) for b in (0, 1))
+                raise SnapshotEmptyError(f"{self.path}: generation {generation} is not held "
+                                         f"any more (buffers hold {g0} and {g1})")
+            got = self._check_buffer(held[0])
+            if isinstance(got, Snapshot):
+                return got
+            reason = got
+        raise SnapshotCorruptError(f"{self.path}: generation {generation} does not validate "
+                                   f"({reason})")
+
+    def _check_buffer(self, b: int) -> Snapshot | str:
+        """Buffer ``b``'s generation, or why it holds none (for the error message)."""
         assert self._seg is not None
         meta = self._meta[b].copy()
         gen, length = int(meta["generation"]), int(meta["length"])
-        if gen == 0 or length > self.capacity:
-            return None
+        where = f"buffer {'AB'[b]} generation {gen}"
+        if gen == 0:
+            return f"{where}: invalid (never written, or a write did not finish)"
+        if length > self.capacity:
+            return f"{where}: bad length {length} > capacity {self.capacity}"
         off = self._data_off(b)
         data = bytes(self._seg.buf[off:off + length])
-        if int(self._meta[b]["generation"]) != gen or zlib.crc32(data) != int(meta["crc32"]):
-            return None
+        if int(self._meta[b]["generation"]) != gen:
+            return f"{where}: overwritten while being read"
+        crc = zlib.crc32(data)
+        if crc != int(meta["crc32"]):
+            return f"{where}: crc mismatch ({crc:08x} != {int(meta['crc32']):08x})"
         return Snapshot(gen, int(meta["schema_version"]), int(meta["epoch"]),
                         int(meta["written_ns"]), data)
+
+    def _read_buffer(self, b: int) -> Snapshot | None:
+        got = self._check_buffer(b)
+        return got if isinstance(got, Snapshot) else None
 
     def status(self) -> dict:
         """Generation, size and CRC state of both buffers (for the inspector)."""

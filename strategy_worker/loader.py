@@ -25,6 +25,15 @@ class LoadedStrategy:
     module: ModuleType
     schema_version: int
     instance: Any
+    params: dict
+
+    def new_instance(self) -> Any:
+        """A fresh ``Strategy(params)`` of this module (the handoff restores into one, so
+        nothing a verification run did to ``instance`` leaks into trading)."""
+        try:
+            return self.module.Strategy(dict(self.params))
+        except Exception as e:
+            raise StrategyError(f"{self.path.name}: Strategy() failed: {e!r}") from e
 
     def migrate(self, old_version: int, state: dict) -> dict:
         """Bring a snapshot written by ``old_version`` to this SCHEMA_VERSION."""
@@ -71,4 +80,4 @@ def load_strategy(path: Path, params: dict | None = None) -> LoadedStrategy:
     except Exception as e:   # syntax errors, import errors, a raising __init__: all the same
         sys.modules.pop(name, None)
         raise StrategyError(f"{path.name} failed to load: {type(e).__name__}: {e}") from e
-    return LoadedStrategy(path, module, version, instance)
+    return LoadedStrategy(path, module, version, instance, dict(params or {}))

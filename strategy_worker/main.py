@@ -1,186 +1,47 @@
-"""The strategy worker: the replaceable process.
+"""``python -m strategy_worker``: load a strategy file, verify it, serve one epoch on one lane.
 
-It waits for each scanner tick, evaluates all 16 slots with the loaded strategy, sends order
-intents on its lane (stamped with its epoch: the position worker drops them unless that epoch
-is the active one), and commits its own state to the snapshot region every cycle, so a
-successor (hot reload) or its own restart (crash) starts where it left off.
+Started by the supervisor as a standby (``--notify-pid`` set: it waits for the handoff). Run
+alone (tests, tools) with ``--auto-handoff`` it takes the newest snapshot itself and trades
+once the control block's active epoch is its own.
 
-Lifecycle (published as the worker ``state`` byte in the control block)::
-
-    STARTING -> STANDBY <-> ACTIVE -> DRAINING -> STOPPED ;  STARTING/ACTIVE/STANDBY -> FAILED
-
-STANDBY evaluates but neither trades nor writes the snapshot: only the worker whose epoch is
-the control block's active epoch does. SIGTERM drains: the current cycle finishes, a final
-snapshot is written (if active), and the process exits.
+Exit codes (core/proc.py): 0 retired or stopped, 4 the strategy is broken (load, verify,
+handoff, a commit that cannot be written), 3 an operator is needed (an unreadable snapshot,
+a layout mismatch), 1 anything unexpected.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import enum
 import logging
 import os
+import signal
+import time
 from pathlib import Path
 
 import orjson
 
-from core.clock import Clock, ClockLike
+from core.clock import Clock
 from core.config import load_json
-from core.errors import SnapshotEmptyError, StrategyError
-from core.fsm import StateMachine
-from core.proc import EXIT_BROKEN_CODE, install_stop_signals, run_async, setup_logging
-from position_worker.intents import IntentWriter
-from state.control import ControlBlock, WorkerSlot
-from state.layout import TICK_DT, Outcome, WorkerRole
-from state.ring import RingReader
+from core.errors import NoblinkError, OperatorError, StrategyError
+from core.proc import (
+    EXIT_BROKEN_CODE,
+    EXIT_CRASH,
+    EXIT_OPERATOR,
+    install_stop_signals,
+    run_async,
+    setup_logging,
+)
 from state.run import RunPaths
-from state.snapshot import SnapshotRegion
-from strategy_worker.api import Decision
-from strategy_worker.loader import LoadedStrategy, load_strategy
-from strategy_worker.views import StateViews
+from strategy_worker.lifecycle import StrategyState
+from strategy_worker.loader import load_strategy
+from strategy_worker.report import Report
+from strategy_worker.worker import StrategyWorker, sha256_of
 
 log = logging.getLogger("strategy_worker")
 
 DEFAULT_STRATEGY = Path(__file__).resolve().parent.parent / "strategies" / "momentum.py"
 EXIT_STRATEGY_ERROR = EXIT_BROKEN_CODE   # the strategy did not load: restarting cannot help
-
-
-class StrategyState(enum.IntEnum):
-    STARTING = 1
-    STANDBY = 2
-    ACTIVE = 3
-    DRAINING = 4
-    STOPPED = 5
-    FAILED = 6
-
-
-_S = StrategyState
-TRANSITIONS: dict[StrategyState, frozenset[StrategyState]] = {
-    _S.STARTING: frozenset({_S.STANDBY, _S.ACTIVE, _S.DRAINING, _S.FAILED}),
-    _S.STANDBY: frozenset({_S.ACTIVE, _S.DRAINING, _S.FAILED}),
-    _S.ACTIVE: frozenset({_S.STANDBY, _S.DRAINING, _S.FAILED}),
-    _S.DRAINING: frozenset({_S.STOPPED, _S.FAILED}),
-    _S.STOPPED: frozenset(),
-    _S.FAILED: frozenset({_S.STOPPED}),
-}
-
-
-class StrategyWorker:
-    """One strategy incarnation: epoch, lane, strategy file."""
-
-    def __init__(self, paths: RunPaths, clock: ClockLike, strategy: LoadedStrategy, *,
-                 epoch: int, lane: int, stake: float) -> None:
-        self.paths, self.clock, self.strategy = paths, clock, strategy
-        self.epoch, self.lane, self.stake = epoch, lane, stake
-        self.slot = WorkerSlot.strategy(lane)
-        self.control = ControlBlock.attach(paths.seg("control"))
-        self.fsm = StateMachine("strategy", StrategyState.STARTING, TRANSITIONS,
-                                on_change=lambda _o, n: self.control.heartbeat(
-                                    self.slot, clock.monotonic_ns(), int(n)))
-        self.control.register(self.slot, WorkerRole.STRATEGY, state=StrategyState.STARTING,
-                              lane=lane, epoch=epoch, label=strategy.path.stem,
-                              now_ns=clock.monotonic_ns())
-        self.ticks = RingReader(paths.seg("ticks"), TICK_DT, name=f"strategy{lane}")
-        self.views = StateViews(paths)
-        self.snapshot = SnapshotRegion.attach(paths.seg("snapshot"))
-        self.intents = IntentWriter(paths, lane, epoch)
-        self.sent: set[tuple[int, int]] = set()      # (slot, window_start) already proposed
-        self.last_tick = 0
-        self.errors = 0
-
-    # -- state handover -------------------------------------------------------------------
-
-    def restore(self) -> None:
-        """Load the newest snapshot (a predecessor's or our own), migrating its schema."""
-        try:
-            snap = self.snapshot.read()
-        except SnapshotEmptyError:
-            log.info("no snapshot yet: starting with empty strategy state")
-            return
-        try:
-            doc = orjson.loads(snap.data)
-        except orjson.JSONDecodeError as e:
-            raise StrategyError(f"snapshot generation {snap.generation} is not JSON: {e}") from e
-        state = self.strategy.migrate(snap.schema_version, doc.get("strategy", {}))
-        try:
-            self.strategy.instance.set_state(state)
-        except Exception as e:
-            raise StrategyError(f"set_state failed: {e!r}") from e
-        self.sent = {(int(s), int(w)) for s, w in doc.get("sent", [])}
-        self.last_tick = int(doc.get("tick", 0))
-        log.info("restored snapshot generation %d (schema %d, epoch %d, tick %d)",
-                 snap.generation, snap.schema_version, snap.epoch, self.last_tick)
-
-    def commit(self) -> None:
-        now = self.clock.now()
-        # keep only keys of windows that can still matter (the last day)
-        self.sent = {(s, w) for s, w in self.sent if w > now - 86_400}
-        try:
-            doc = {"strategy": self.strategy.instance.get_state(), "sent": sorted(self.sent),
-                   "tick": self.last_tick, "epoch": self.epoch}
-            data = orjson.dumps(doc)
-        except Exception as e:      # get_state() raised or returned something not JSON-able
-            raise StrategyError(f"get_state() could not be snapshotted: {e!r}") from e
-        try:
-            self.snapshot.write(data, schema_version=self.strategy.schema_version,
-                                epoch=self.epoch)
-        except ValueError as e:     # the state outgrew the snapshot region
-            raise StrategyError(str(e)) from e
-
-    # -- the cycle ------------------------------------------------------------------------
-
-    def cycle(self, tick: int) -> int:
-        """Evaluate every slot once; returns the number of intents sent."""
-        active = self.control.active_epoch == self.epoch
-        self.fsm.to(StrategyState.ACTIVE if active else StrategyState.STANDBY)
-        sent = 0
-        for view in self.views.slot_views(tick, self.clock.now()):
-            try:
-                decision = self.strategy.instance.evaluate(view)
-            except Exception as e:      # one bad slot never stops the others
-                self.errors += 1
-                log.warning("strategy error on %s: %r", view.label, e)
-                continue
-            if not isinstance(decision, Decision) or not active:
-                continue
-            key = (view.slot, view.window_start)
-            if key in self.sent:
-                continue
-            outcome = Outcome.UP if decision.outcome == "Up" else Outcome.DOWN
-            self.intents.submit(view.slot, view.window_start, view.slug, int(outcome),
-                                self.stake, decision.max_price, decision.reason)
-            self.sent.add(key)
-            sent += 1
-            log.info("intent %s %s max %.2f (%s)", view.slug, decision.outcome,
-                     decision.max_price, decision.reason)
-        self.last_tick = tick
-        if active:
-            self.commit()
-            self.control.set_epoch_tick(self.epoch, tick)
-        return sent
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Tick loop until ``stop``; then drain (finish, final snapshot) and return."""
-        self.restore()
-        self.fsm.to(StrategyState.STANDBY)
-        while not stop.is_set():
-            self.control.heartbeat(self.slot, self.clock.monotonic_ns())
-            if not await self.ticks.wait(timeout=0.25):
-                continue
-            batch = self.ticks.poll()
-            if len(batch) and not stop.is_set():
-                self.cycle(int(batch.records["tick"][-1]))
-        self.fsm.to(StrategyState.DRAINING, "stop requested")
-        if self.control.active_epoch == self.epoch:
-            self.commit()
-        self.fsm.to(StrategyState.STOPPED)
-
-    def close(self) -> None:
-        for res in (self.intents, self.snapshot, self.views, self.ticks):
-            res.close()
-        self.control.clear(self.slot)
-        self.control.close()
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -192,28 +53,57 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lane", type=int, choices=(0, 1), default=0)
     ap.add_argument("--stake", type=float, default=5.0)
     ap.add_argument("--mode", choices=("sim", "paper", "live"), default="sim")
+    ap.add_argument("--sha256", default="", help="the deployed file's hash (for reports)")
+    ap.add_argument("--notify-pid", type=int, default=0,
+                    help="wake this pid (the supervisor) with SIGUSR1 on every report")
+    ap.add_argument("--auto-handoff", action="store_true",
+                    help="take the newest snapshot without waiting for a handoff command")
     return ap.parse_args(argv)
 
 
+def _exit_code(e: BaseException) -> int:
+    if isinstance(e, StrategyError):
+        return EXIT_STRATEGY_ERROR
+    if isinstance(e, OperatorError):
+        return EXIT_OPERATOR
+    return EXIT_CRASH
+
+
 async def _amain(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
     paths, _ = RunPaths.load(args.run_dir)
+    report = Report(paths.run_dir, args.epoch, lane=args.lane, pid=os.getpid(),
+                    strategy=str(args.strategy), sha256=args.sha256)
     clock = (Clock.from_dict(load_json(str(paths.sim_json))["clock"]) if args.mode == "sim"
              else Clock.real())
     try:
-        strategy = load_strategy(args.strategy, orjson.loads(args.params))
-    except StrategyError as e:
+        params = orjson.loads(args.params)
+        if not isinstance(params, dict):
+            raise StrategyError(f"--params must be a JSON object, got {type(params).__name__}")
+        strategy = load_strategy(args.strategy, params)
+    except (StrategyError, orjson.JSONDecodeError) as e:
         log.error("strategy rejected: %s", e)
+        report.failed(e, "load")
         return EXIT_STRATEGY_ERROR
+    load_ms = (time.perf_counter() - t0) * 1000
     stop = asyncio.Event()
     install_stop_signals(stop)
     worker = StrategyWorker(paths, clock, strategy, epoch=args.epoch, lane=args.lane,
-                            stake=args.stake)
+                            stake=args.stake, sha256=args.sha256 or sha256_of(args.strategy),
+                            notify_pid=args.notify_pid, auto_handoff=args.auto_handoff)
+    worker.report.doc["load_ms"] = load_ms
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, worker.wake.set)
     try:
         await worker.run(stop)
-    except StrategyError as e:
-        log.error("strategy failed: %s", e)
-        worker.fsm.to(StrategyState.FAILED, str(e))
-        return EXIT_STRATEGY_ERROR
+    except Exception as e:       # every failure is reported and named, then mapped to a code
+        if not isinstance(e, NoblinkError):
+            log.exception("strategy worker crashed")
+        else:
+            log.error("strategy failed (%s): %s", worker.state.name, e)
+        worker.report.failed(e, worker.state.name.lower())
+        if worker.fsm.can(StrategyState.FAILED):
+            worker.fsm.to(StrategyState.FAILED, str(e)[:200])
+        return _exit_code(e)
     finally:
         worker.close()
     return 0

@@ -3,16 +3,22 @@
 The main loop reads top to bottom (gunicorn's arbiter, uvicorn's supervisors):
 
     while not stopping:
-        wait for a signal or 0.5 s
+        wait for a signal, a worker's wake-up or the loop period (2 ms during a reload's
+                             critical phases, 0.1 s otherwise)
         reap children        -> plan restarts (backoff, intensity), escalate on FAILED
         check heartbeats     -> TERM a hung child, KILL it after its grace
         start children that are due
+        read control.json    -> run each new command once (reload, pause, resume, stop)
+        step the strategy lanes -> drive the reload in progress (supervisor/reload.py)
         write status.json
 
-Signal handlers only enqueue (a byte on a self-pipe); the loop does the work.
+Signal handlers only enqueue (a byte on a self-pipe); the loop does the work. SIGTERM and
+SIGINT stop the bot, SIGHUP reloads the strategy file (systemd's ExecReload), SIGUSR1 is a
+worker's wake-up ("I answered your command").
 
 Start-up is an ordered recipe and shut-down is its mirror: sim -> feed -> position ->
-strategy, then strategy -> position -> feed -> sim. The supervisor owns the run: the control
+strategy (a reload from nothing: the standby is handed the newest snapshot), then strategy
+(standby first) -> position -> feed -> sim. The supervisor owns the run: the control
 block and the snapshot region are its segments, and after every child has exited it removes
 every segment of its run id, so a clean stop leaves nothing in /dev/shm.
 
@@ -38,12 +44,16 @@ import orjson
 
 from core.clock import Clock
 from core.config import load_json, write_json_atomic
-from core.errors import OperatorError, SnapshotEmptyError
+from core.errors import OperatorError, SnapshotCorruptError, SnapshotEmptyError
+from core.proc import private_umask
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
-from state.run import SNAPSHOT_CAPACITY, RunPaths, new_run_id
+from state.run import SNAPSHOT_CAPACITY, RunPaths, new_run_id, prepare_run_dir
 from state.segment import scan_segments
 from state.snapshot import SnapshotRegion
+from supervisor.commands import CommandDesk
+from supervisor.lanes import LaneConfig, Lanes
+from supervisor.reload import ReloadTimeouts
 from supervisor.status import StatusWriter
 from supervisor.workers import Child, ChildSpec, ChildState
 
@@ -51,7 +61,9 @@ log = logging.getLogger("supervisor")
 
 EXIT_ESCALATED = 3
 READY_STATES = {"feed": (3, 4), "position": (3,)}
+_SLOTS = {"feed": WorkerSlot.FEED, "position": WorkerSlot.POSITION}
 SNAPSHOT_FILE = "snapshot.json"
+DEFAULT_STRATEGY = Path(__file__).resolve().parent.parent / "strategies" / "momentum.py"
 
 
 @dataclass
@@ -66,6 +78,9 @@ class SupervisorConfig:
     stake: float = 5.0
     heartbeat_timeout: float = 15.0
     start_timeout: float = 60.0
+    probation_ticks: int = 12
+    probation_max_errors: int = 3
+    reload_timeouts: ReloadTimeouts | None = None
     extra: dict[str, list[str]] = field(default_factory=dict)   # per-child extra argv
 
 
@@ -101,41 +116,47 @@ class Supervisor:
         self.control: ControlBlock | None = None
         self.snapshot: SnapshotRegion | None = None
         self.children: dict[str, Child] = {}
+        self.lanes: Lanes | None = None
+        self.desk: CommandDesk | None = None
         self.epoch = 0
-        self.lane = 0
         self.sim_port_base = 0
         self.sim_clock: Clock | None = None
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         self.exit_code = 0
+        self.stop_requested = False
         self.status: StatusWriter | None = None
+        self._status_due = 0.0
 
     # -- signals: enqueue only ------------------------------------------------------------
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self._signals.append(signum)
+        if signum != signal.SIGUSR1:          # USR1 only wakes the loop
+            self._signals.append(signum)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
 
     def install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
         os.set_blocking(self._wake_w, False)
 
+    def _stop_signalled(self) -> bool:
+        return any(s != signal.SIGHUP for s in self._signals)
+
     def _handle_signals(self) -> None:
-        """Dispatch queued signals: TERM/INT stop the bot; HUP (reload, in gunicorn's sense)
-        is reserved for the hot-reload orchestration and only logged for now."""
-        while self._signals and self._signals[0] == signal.SIGHUP:
-            self._signals.pop(0)
-            log.warning("SIGHUP: hot reload is not implemented yet; ignoring (a strategy "
-                        "worker that exits is restarted with the current strategy file)")
+        """Dispatch queued signals: HUP reloads the current strategy file (in gunicorn's
+        sense); TERM/INT stay queued and stop the loop."""
+        hups = [s for s in self._signals if s == signal.SIGHUP]
+        self._signals = [s for s in self._signals if s != signal.SIGHUP]
+        if hups and self.desk is not None:
+            self.desk.sighup()
 
     # -- start-up -------------------------------------------------------------------------
 
     def setup_run(self) -> None:
         """Claim the run directory: adopt a dead run's state, refuse a live one."""
-        run_dir = self.cfg.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = prepare_run_dir(self.cfg.run_dir)
         run_id = None
         try:
             old, doc = RunPaths.load(run_dir)
@@ -171,14 +192,35 @@ class Supervisor:
         # match the next active epoch
         self.epoch = max([self.control.active_epoch, int(doc.get("epoch", 0)),
                           *(int(w["epoch"]) for w in self.control.workers)])
+        self.control.set_active_epoch(0)       # nobody trades until a strategy is handed over
         self.snapshot = SnapshotRegion.create(self.paths.seg("snapshot"), SNAPSHOT_CAPACITY)
         if not self.snapshot.adopted:
             self._load_snapshot_file()
         if self.cfg.mode == "sim" and not self.sim_port_base:
             self.sim_port_base = _free_port_base()
         self._write_run_json()
+        self.lanes = Lanes(LaneConfig(run_dir=run_dir, mode=self.cfg.mode, stake=self.cfg.stake,
+                                      heartbeat_timeout=self.cfg.heartbeat_timeout,
+                                      probation_ticks=self.cfg.probation_ticks,
+                                      probation_max_errors=self.cfg.probation_max_errors,
+                                      timeouts=self.cfg.reload_timeouts,
+                                      extra_argv=tuple(self.cfg.extra.get("strategy", []))),
+                           self.control, self.snapshot, self._allocate_epoch, self._wake)
+        self.desk = CommandDesk(self.paths, self.control, self.lanes, self._request_stop)
+        self.lanes.done_callbacks.append(self.desk.reload_done)
         self.status = StatusWriter(self.paths, self.control)
         log.info("run %s in %s (mode %s)", self.paths.run_id, run_dir, self.cfg.mode)
+
+    def _allocate_epoch(self) -> int:
+        self.epoch += 1
+        self._write_run_json()
+        return self.epoch
+
+    def _wake(self) -> None:
+        self._status_due = 0.0
+
+    def _request_stop(self) -> None:
+        self.stop_requested = True
 
     def _write_run_json(self) -> None:
         assert self.paths is not None
@@ -208,6 +250,9 @@ class Supervisor:
             snap = self.snapshot.read()
         except SnapshotEmptyError:
             return
+        except SnapshotCorruptError as e:      # keep the previous file rather than lose it
+            log.error("not saving the strategy snapshot: %s", e)
+            return
         write_json_atomic(self.paths.run_dir / SNAPSHOT_FILE, {
             "schema_version": snap.schema_version, "generation": snap.generation,
             "data": snap.data.hex()})
@@ -231,12 +276,6 @@ class Supervisor:
             "-m", "position_worker", "--run-dir", rd, *mode, *live, "--stake",
             str(self.cfg.stake), *ex.get("position", [])],
             heartbeat_timeout=self.cfg.heartbeat_timeout))
-        strategy = ["--strategy", str(self.cfg.strategy)] if self.cfg.strategy else []
-        specs.append(ChildSpec("strategy", lambda: [
-            "-m", "strategy_worker", "--run-dir", rd, *mode, "--epoch", str(self.epoch),
-            "--lane", str(self.lane), "--stake", str(self.cfg.stake), "--params",
-            self.cfg.params, *strategy, *ex.get("strategy", [])],
-            heartbeat_timeout=self.cfg.heartbeat_timeout))
         return specs
 
     def _sim_start_args(self) -> list[str]:
@@ -244,23 +283,20 @@ class Supervisor:
         return ["--start", repr(self.sim_clock.now())] if self.sim_clock else []
 
     def start_children(self) -> None:
-        """Start every child in order, each ready before the next one starts."""
-        assert self.paths is not None
+        """Start every long-lived child in order, each ready before the next one starts;
+        then ask for the first strategy (a reload from nothing, driven by the loop)."""
+        assert self.paths is not None and self.lanes is not None and self.desk is not None
         log_dir = self.paths.run_dir / "logs"
         for spec in self._specs():
             child = Child(spec, log_dir)
             self.children[spec.name] = child
             self._start(child)
-            self._wait_ready(child)
+            if not self._wait_ready(child):
+                return                          # a stop signal came during start-up
+        self.desk.start_strategy(self.cfg.strategy or DEFAULT_STRATEGY, self.cfg.params)
 
     def _start(self, child: Child) -> None:
         assert self.control is not None and self.paths is not None
-        if child.spec.name == "strategy":
-            # Every strategy incarnation gets a new epoch; the previous one is dead (reaped),
-            # so its lane is free. The epoch flips before it starts: it is the only trader.
-            self.epoch += 1
-            self.control.set_active_epoch(self.epoch)
-            self._write_run_json()
         if child.spec.name == "sim":
             with contextlib.suppress(FileNotFoundError):
                 self.paths.sim_json.unlink()
@@ -278,51 +314,51 @@ class Supervisor:
             self.sim_clock = Clock.from_dict(info["clock"])
             self._write_run_json()
             return True
-        w = self.control.worker(self._slot(name))
-        if w["pid"] != child.pid:
-            return False
+        w = self.control.worker(_SLOTS[name])
         # feed: RUNNING(3) or DEGRADED(4), i.e. windows backfilled; position: RUNNING(3),
-        # i.e. journal replayed and reconciled; strategy: registered is enough.
-        return name == "strategy" or w["state"] in READY_STATES[name]
+        # i.e. journal replayed and reconciled
+        return w["pid"] == child.pid and w["state"] in READY_STATES[name]
 
-    def _slot(self, name: str) -> WorkerSlot:
-        return {"feed": WorkerSlot.FEED, "position": WorkerSlot.POSITION,
-                "strategy": WorkerSlot.strategy(self.lane)}[name]
-
-    def _wait_ready(self, child: Child) -> None:
+    def _wait_ready(self, child: Child) -> bool:
+        """Block until ``child`` is ready (True); False if a stop signal came first. A SIGHUP
+        does not cut the ordered start short: it stays queued for the loop."""
         deadline = time.monotonic() + self.cfg.start_timeout
-        while time.monotonic() < deadline and not self._signals:
+        while time.monotonic() < deadline:
+            if self._stop_signalled():
+                return False
             if child.poll() is not None:
                 raise OperatorError(f"{child.spec.name} exited with code {child.last_exit} "
                                     f"during start-up; see {child.log_dir}/"
                                     f"{child.spec.name}.log")
             if self._ready(child):
                 child.fsm.to(ChildState.RUNNING, "registered")
-                return
+                return True
             time.sleep(0.05)
-        if not self._signals:
-            raise OperatorError(f"{child.spec.name} was not ready within "
-                                f"{self.cfg.start_timeout:.0f}s")
+        raise OperatorError(f"{child.spec.name} was not ready within "
+                            f"{self.cfg.start_timeout:.0f}s")
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> int:
         """Set up, start, supervise until a stop signal, then shut down. Returns exit code."""
+        private_umask()
         self.install_signals()
         try:
             self.setup_run()
             self.start_children()
             assert self.paths is not None
-            log.info("noblink is up: logs in %s/logs, status in %s; `noblink inspect "
-                     "--run-dir %s` shows the shared memory; Ctrl-C stops", self.paths.run_dir,
-                     self.paths.status_json, self.paths.run_dir)
+            log.info("noblink is up: logs in %s/logs, status in %s; `noblink reload "
+                     "--run-dir %s` deploys the edited strategy; Ctrl-C stops",
+                     self.paths.run_dir, self.paths.status_json, self.paths.run_dir)
             while not self._stopping():
-                self._sleep(0.5)
+                self._sleep(self._period())
                 if self._stopping():       # a stop signal wins over restarting anything
                     break
                 self.reap()
                 self.check_health()
                 self.start_due()
+                self.poll_commands()
+                self.step_lanes()
                 self.write_status()
         except OperatorError as e:
             log.error("%s", e)
@@ -331,9 +367,15 @@ class Supervisor:
             self.shutdown()
         return self.exit_code
 
+    def _period(self) -> float:
+        """2 ms while a reload waits for a worker's answer (each answer also wakes us with
+        SIGUSR1: this is the safety net), 0.1 s otherwise (control.json is read at least once
+        per tick even at 60x)."""
+        return 0.002 if self.lanes is not None and self.lanes.critical else 0.1
+
     def _stopping(self) -> bool:
         self._handle_signals()
-        return bool(self._signals) or self.exit_code != 0
+        return self._stop_signalled() or self.exit_code != 0 or self.stop_requested
 
     def _sleep(self, timeout: float) -> None:
         ready, _, _ = select.select([self._wake_r], [], [], timeout)
@@ -347,34 +389,25 @@ class Supervisor:
             if code is None:
                 continue
             log.warning("%s (pid %d) exited with code %s", name, child.pid, code)
-            if name == "strategy":
-                assert self.control is not None
-                self.control.set_active_epoch(0)      # nobody trades until the next one
-                self.control.clear(WorkerSlot.strategy(self.lane))
             if not child.plan_restart():
-                if name == "strategy":
-                    log.error("strategy failed for good: the bot keeps its feed and positions "
-                              "but does not trade; fix the strategy and reload")
-                else:
-                    log.critical("%s failed for good: stopping the bot", name)
-                    self.exit_code = EXIT_ESCALATED
+                log.critical("%s failed for good: stopping the bot", name)
+                self.exit_code = EXIT_ESCALATED
 
     def check_health(self) -> None:
-        assert self.control is not None
+        assert self.control is not None and self.lanes is not None
         now = time.monotonic_ns()
         self.control.heartbeat(WorkerSlot.SUPERVISOR, now)
-        slots = {"feed": WorkerSlot.FEED, "position": WorkerSlot.POSITION,
-                 "strategy": WorkerSlot.strategy(self.lane)}
         for name, child in self.children.items():
             child.enforce_stop()
-            if child.state != ChildState.RUNNING or name not in slots:
+            if child.state != ChildState.RUNNING or name not in _SLOTS:
                 continue
-            w = self.control.worker(slots[name])
+            w = self.control.worker(_SLOTS[name])
             age = (now - w["heartbeat_ns"]) / 1e9
             if w["pid"] == child.pid and age > child.spec.heartbeat_timeout:
                 log.error("%s (pid %d) missed heartbeats for %.1fs: terminating", name,
                           child.pid, age)
                 child.terminate()
+        self.lanes.check_health(now)
 
     def start_due(self) -> None:
         for child in self.children.values():
@@ -383,15 +416,32 @@ class Supervisor:
             if child.state == ChildState.STARTING and self._ready(child):
                 child.fsm.to(ChildState.RUNNING, "registered")
 
-    def write_status(self) -> None:
-        if self.status is not None:
-            self.status.write(self.children, epoch=self.epoch, mode=self.cfg.mode)
+    def poll_commands(self) -> None:
+        assert self.desk is not None
+        self.desk.poll()
+
+    def step_lanes(self) -> None:
+        assert self.lanes is not None
+        self.lanes.step()
+
+    def write_status(self, *, force: bool = False) -> None:
+        """At most every 0.25 s (and at once after a reload or command finished)."""
+        now = time.monotonic()
+        if self.status is None or (now < self._status_due and not force):
+            return
+        self._status_due = now + 0.25
+        assert self.lanes is not None and self.desk is not None
+        self.status.write(self.children, self.lanes, self.desk, epoch=self.epoch,
+                          mode=self.cfg.mode)
 
     # -- shut-down ------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop children in reverse start order, then remove every segment of the run."""
-        for name in ("strategy", "position", "feed", "sim"):
+        if self.lanes is not None:
+            self.lanes.stop_all()
+            self._save_snapshot_file()
+        for name in ("position", "feed", "sim"):
             child = self.children.get(name)
             if child is None:
                 continue
@@ -400,10 +450,8 @@ class Supervisor:
                 child.kill()
                 child.wait(5.0)
             child.poll()
-            if name == "strategy":
-                self._save_snapshot_file()
-        if self.status is not None:
-            self.write_status()
+        if self.status is not None and self.lanes is not None and self.desk is not None:
+            self.write_status(force=True)
             self.status.close()
         for res in (self.snapshot, self.control):
             if res is not None:

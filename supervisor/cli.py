@@ -1,6 +1,10 @@
 """The `noblink` command: one entry point, a subcommand per concern.
 
     noblink run [--mode sim|paper|live] [--live] [--speed N] [--run-dir DIR] ...
+    noblink reload [--strategy FILE | --previous | --to SHA] [--params JSON] [--shadow N]
+                   [--dry-run] [--timeout S] [--json] [--run-dir DIR]
+    noblink pause | resume | stop [--run-dir DIR]
+    noblink status [--json] [--run-dir DIR]
     noblink sim [--speed N] [--seed S] [--port-base P] [--run-dir DIR]
     noblink sim-fault ...
     noblink inspect [--run-dir DIR] [--json] [--watch]
@@ -85,6 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         return inspect_main(rest)
     if cmd == "clean":
         return _clean(rest)
+    if cmd == "reload":
+        from supervisor.ctl import reload_main
+        return reload_main(rest)
+    if cmd in ("pause", "resume", "stop"):
+        from supervisor.ctl import simple_main
+        return simple_main(cmd, rest)
+    if cmd == "status":
+        from supervisor.ctl import status_main
+        return status_main(rest)
     print(f"noblink: unknown command {cmd!r} (try --help)", file=sys.stderr)
     return 2
 

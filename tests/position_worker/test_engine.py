@@ -441,15 +441,14 @@ async def test_streak_and_win_rate_over_many_settlements(rig: Rig) -> None:
     assert s.pnl == pytest.approx(33 * 10 - 113 * 5 - 113 * 0.175)
 
 
-# -- review fixes: fencing right up to the send -------------------------------------------
+# -- review fixes: pause/kill right up to the send ------------------------------------------
 
 
-@pytest.mark.parametrize("change", ["epoch", "pause", "kill"])
-async def test_world_changes_during_prepare_block_the_send(rig: Rig, change: str) -> None:
-    """Epoch and pause/kill are checked again after prepare (which waits on the network),
-    right before the SENDING transaction."""
-    flip = {"epoch": lambda: rig.control.set_active_epoch(EPOCH + 1),
-            "pause": lambda: rig.control.set_paused(True),
+@pytest.mark.parametrize("change", ["pause", "kill"])
+async def test_pause_or_kill_during_prepare_blocks_the_send(rig: Rig, change: str) -> None:
+    """Pause/kill is checked again after prepare (which waits on the network), right before
+    the SENDING transaction."""
+    flip = {"pause": lambda: rig.control.set_paused(True),
             "kill": lambda: rig.control.set_killed(True)}[change]
     rig.venue.before_prepare = flip
     rig.markets.set(0, T0)
@@ -458,6 +457,34 @@ async def test_world_changes_during_prepare_block_the_send(rig: Rig, change: str
     assert o.state == OrderState.FAILED and rig.venue.placed == []
     assert rig.journal.order(o.client_key).state == OrderState.FAILED
     rig.control.set_killed(False)
+
+
+@pytest.mark.parametrize("new_epoch", [EPOCH + 1, 0])
+async def test_epoch_flip_during_prepare_still_sends(rig: Rig, new_epoch: int) -> None:
+    """An order accepted under the active epoch (its lane open) is sent even if the epoch
+    flips mid-prepare: to the reloaded worker's epoch, or to 0 after a strategy crash. The
+    fence held at decide time, and the supervisor flips only once the old lane's intents
+    below its fence are all decided, so this is a legitimate trade."""
+    rig.venue.before_prepare = lambda: rig.control.set_active_epoch(new_epoch)
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    assert o is not None
+    await rig.engine.execute(o)
+    assert o.state == OrderState.FILLED and len(rig.venue.placed) == 1
+    assert rig.journal.order(o.client_key).state == OrderState.FILLED
+
+
+async def test_pause_during_prepare_blocks_even_after_an_epoch_flip(rig: Rig) -> None:
+    """Dropping the epoch re-check did not drop the pause re-check with it."""
+    def flip() -> None:
+        rig.control.set_active_epoch(EPOCH + 1)
+        rig.control.set_paused(True)
+    rig.venue.before_prepare = flip
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    await rig.engine.execute(o)
+    assert o.state == OrderState.FAILED and rig.venue.placed == []
+    assert "pause" in rig.journal.order(o.client_key).error
 
 
 async def test_two_engines_on_one_journal_send_once(rig: Rig) -> None:
@@ -636,3 +663,58 @@ async def test_a_settlement_seen_through_refresh_is_counted_once(rig: Rig) -> No
     rig.engine.refresh(o.client_key)                # no longer held: not counted again
     assert rig.posstats()["settled"] == 1
     assert rig.positions() == {o.client_key: PositionState.SETTLED}
+
+
+# -- hot reload: lane fences and the decided cursor ---------------------------------------
+
+
+async def test_fenced_lane_refuses_intents_at_or_past_the_fence(rig: Rig) -> None:
+    """A drained worker's lane is closed at its head H: below H still trades, H on does not."""
+    rig.control.set_fence(0, 3)
+    for slot in range(3):
+        rig.markets.set(slot, T0)
+    assert rig.engine.decide(intent(slot=0, seq=2)) is not None       # below the fence
+    assert rig.engine.decide(intent(slot=1, seq=3)) is None           # at it
+    assert rig.engine.decide(intent(slot=2, seq=4)) is None           # past it
+    assert rejected(rig) == {"FENCED": 2}
+    assert rig.posstats()["rejected"] == {"FENCED": 2}
+    details = [r[0] for r in rig.journal.db.execute(
+        "SELECT detail FROM intents WHERE accepted=0 ORDER BY seq")]
+    assert details and all("lane 0 is fenced at seq 3" in d for d in details)
+    assert rig.engine.decide(intent(slot=2, seq=5, lane=1)) is not None   # lane 1 is open
+
+
+async def test_open_lane_accepts(rig: Rig) -> None:
+    assert rig.control.fence(0) is None and rig.control.fence(1) is None
+    rig.markets.set(0, T0)
+    assert rig.engine.decide(intent(seq=10_000)) is not None
+    rig.control.set_fence(0, 5)
+    rig.control.set_fence(0, None)                    # reopened (reset_lane does this)
+    rig.markets.set(1, T0)
+    assert rig.engine.decide(intent(slot=1, seq=10_001)) is not None
+
+
+async def test_stale_epoch_wins_over_fenced(rig: Rig) -> None:
+    """A zombie's intent is STALE_EPOCH whatever its lane's fence says."""
+    rig.control.set_fence(0, 0)
+    rig.markets.set(0, T0)
+    assert rig.engine.decide(intent(epoch=EPOCH - 1, seq=3)) is None
+    register_lanes(rig.control, EPOCH + 1, EPOCH)          # lane 0 now held by another epoch
+    assert rig.engine.decide(intent(seq=4)) is None
+    assert rejected(rig) == {"STALE_EPOCH": 2}
+
+
+async def test_decide_advances_the_decided_cursor(rig: Rig) -> None:
+    """Every decision, accepted or rejected, moves the lane's published cursor past it."""
+    assert rig.control.decided(0) == 0 and rig.control.decided(1) == 0
+    rig.markets.set(0, T0)
+    assert rig.engine.decide(intent(seq=0)) is not None                       # accepted
+    assert rig.control.decided(0) == 1 and rig.control.decided(1) == 0
+    assert rig.engine.decide(intent(seq=1, epoch=EPOCH - 1)) is None          # STALE_EPOCH
+    assert rig.control.decided(0) == 2
+    assert rig.engine.decide(intent(seq=2)) is None                           # DUPLICATE
+    assert rig.control.decided(0) == 3
+    rig.control.set_fence(1, 4)
+    assert rig.engine.decide(intent(slot=1, seq=6, lane=1)) is None           # FENCED
+    assert rig.control.decided(1) == 7 and rig.control.decided(0) == 3
+    assert rejected(rig) == {"STALE_EPOCH": 1, "DUPLICATE": 1, "FENCED": 1}

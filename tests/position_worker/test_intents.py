@@ -5,7 +5,9 @@ import asyncio
 import pytest
 
 from core.errors import SegmentError, SegmentMissingError
-from position_worker.intents import IntentSource, IntentWriter
+from position_worker.intents import IntentSource
+from state.control import ControlBlock
+from state.intents import IntentWriter
 from state.layout import INTENT_DT, Outcome
 from state.ring import RingWriter
 from state.run import INTENT_RING_CAPACITY, RunPaths
@@ -87,7 +89,7 @@ def test_writer_follows_a_recreated_ring(run_paths: RunPaths) -> None:
 def test_writer_stats_the_ring_at_most_every_recheck(run_paths: RunPaths,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """No stat(2) per submit: the path is looked at once per ``recheck_s``."""
-    from position_worker import intents
+    from state import intents
     calls = 0
     real = intents._ring_ino
 
@@ -200,6 +202,58 @@ def test_adopted_ring_without_a_cursor_is_read_from_its_head(run_paths: RunPaths
         assert src.poll() == []
         submit(w)
         assert [i.seq for i in src.poll()] == [5]
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+async def test_intake_publishes_decided_past_lost_intents(run_paths: RunPaths,
+                                                          control: ControlBlock) -> None:
+    """Intents lost to a lapped ring are never decided; the decided cursor still moves past
+    them (to the reader's cursor), or a hot reload would wait for them forever."""
+    from types import SimpleNamespace
+
+    from position_worker.main import Worker, parse_args
+    src = IntentSource(run_paths)
+    w = IntentWriter(run_paths, 0, epoch=1)
+    head = INTENT_RING_CAPACITY + 5
+    seen: list[int] = []
+    worker = Worker(parse_args(["--run-dir", str(run_paths.run_dir)]))
+    worker.control = control
+
+    def decide(it):  # type: ignore[no-untyped-def]
+        seen.append(it.seq)            # a real decide also publishes it.seq + 1; this one not
+        if it.seq == head - 1:
+            worker.stop.set()
+    try:
+        for _ in range(head):
+            submit(w)
+        worker._publish_decided(src)                   # start-up: nothing read yet
+        assert (control.decided(0), control.decided(1)) == (0, 0)
+        await worker._intake(src, SimpleNamespace(decide=decide))  # type: ignore[arg-type]
+        assert seen == list(range(5, head)) and src.lost() == 5
+        assert (control.decided(0), control.decided(1)) == (head, 0)
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
+def test_start_up_publishes_the_resumed_cursor(run_paths: RunPaths,
+                                               control: ControlBlock) -> None:
+    """After a restart the supervisor sees where intake resumes, before any new decision."""
+    from position_worker.main import Worker, parse_args
+    src = IntentSource(run_paths)
+    w = IntentWriter(run_paths, 1, epoch=1)
+    try:
+        for _ in range(5):
+            submit(w)
+        src.close()                                # crash: the rings survive
+        src = IntentSource(run_paths)
+        src.resume(1, 3)                           # the journal says 0..2 were decided
+        worker = Worker(parse_args(["--run-dir", str(run_paths.run_dir)]))
+        worker.control = control
+        worker._publish_decided(src)
+        assert (control.decided(0), control.decided(1)) == (0, 3)
     finally:
         w.close()
         src.close(unlink=True)

@@ -10,9 +10,9 @@ import pytest
 
 from core.clock import Clock
 from core.markets import SLOTS
-from position_worker.intents import IntentWriter
 from position_worker.lifecycle import WorkerState
 from state.control import ControlBlock, WorkerSlot
+from state.intents import IntentWriter
 from state.layout import Outcome, PositionState, WorkerRole
 from state.run import RunPaths
 from tests.position_worker.fakes import MarketTable

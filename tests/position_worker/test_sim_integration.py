@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from position_worker.intents import IntentWriter
 from position_worker.journal import Journal, OrderState
 from position_worker.keys import client_key, order_metadata
 from state.control import ControlBlock, WorkerSlot
+from state.intents import IntentWriter
 from state.layout import Outcome, PositionState, WorkerRole
 from state.run import RunPaths
 from tests.position_worker.fakes import MarketTable

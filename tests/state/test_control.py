@@ -1,4 +1,5 @@
-"""The control block: epoch, tick, flags and worker slots, as seen from an attached process."""
+"""The control block: epoch, tick, flags, worker slots, lane cursors/fences and lane
+mailboxes, as seen from an attached process."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 import pytest
 
 from core.errors import SegmentMismatchError
-from state.control import ControlBlock, WorkerSlot
-from state.layout import WorkerRole
+from state.control import NO_FENCE, ControlBlock, WorkerSlot
+from state.layout import LaneAck, LaneCommand, WorkerRole
 from state.run import RunPaths
 
 
@@ -97,3 +98,99 @@ def test_attach_checks_the_header(run_paths: RunPaths) -> None:
     finally:
         snap.unlink()
         snap.close()
+
+
+def test_clear_with_another_pid_leaves_the_slot(control: ControlBlock) -> None:
+    """The supervisor reaping an old worker must not clear its successor's slot."""
+    control.register(WorkerSlot.STRATEGY_LANE0, WorkerRole.STRATEGY, epoch=5, now_ns=1)
+    assert control.clear(WorkerSlot.STRATEGY_LANE0, pid=os.getpid() + 1) is False
+    assert control.worker(WorkerSlot.STRATEGY_LANE0)["pid"] == os.getpid()
+    assert control.worker(WorkerSlot.STRATEGY_LANE0)["epoch"] == 5
+    assert control.clear(WorkerSlot.STRATEGY_LANE0, pid=os.getpid()) is True
+    assert control.worker(WorkerSlot.STRATEGY_LANE0)["pid"] == 0
+
+
+def test_fresh_lanes_are_open_and_undecided(control: ControlBlock) -> None:
+    assert [control.fence(lane) for lane in (0, 1)] == [None, None]
+    assert [control.decided(lane) for lane in (0, 1)] == [0, 0]
+
+
+def test_decided_and_fence_round_trip(control: ControlBlock, run_paths: RunPaths) -> None:
+    other = ControlBlock.attach(run_paths.seg("control"))
+    try:
+        other.set_decided(1, 42)                       # the position worker...
+        assert control.decided(1) == 42 and control.decided(0) == 0
+        control.set_fence(0, 17)                       # ... and the supervisor
+        assert other.fence(0) == 17 and other.fence(1) is None
+        control.set_fence(0, 0)                        # 0 is a fence, not "open"
+        assert other.fence(0) == 0
+        control.set_fence(0, NO_FENCE - 1)
+        assert other.fence(0) == NO_FENCE - 1
+        control.set_fence(0, None)
+        assert other.fence(0) is None
+        other.set_decided(1, 2**63)
+        assert control.decided(1) == 2**63
+    finally:
+        other.close()
+
+
+def test_adopting_keeps_fences_and_cursors(run_paths: RunPaths) -> None:
+    """A restarted supervisor adopts the block: a lane it had fenced stays fenced."""
+    path = run_paths.seg("control")
+    cb = ControlBlock.create(path, run_paths.run_id)
+    cb.set_fence(1, 9)
+    cb.set_decided(1, 8)
+    cb.close()
+    again = ControlBlock.create(path, run_paths.run_id)
+    try:
+        assert again.adopted
+        assert (again.fence(0), again.fence(1), again.decided(1)) == (None, 9, 8)
+    finally:
+        again.unlink()
+        again.close()
+
+
+def test_lane_mailbox_round_trip(control: ControlBlock, run_paths: RunPaths) -> None:
+    worker = ControlBlock.attach(run_paths.seg("control"))
+    try:
+        assert control.lane_ack(0) == (0, LaneAck.NONE)
+        seq = control.send_lane(0, LaneCommand.HANDOFF, gen=3, tick=120, epoch=9, n=2)
+        assert seq == 1
+        assert worker.lane_command(0) == (1, LaneCommand.HANDOFF,
+                                          {"gen": 3, "tick": 120, "epoch": 9, "n": 2})
+        assert worker.lane_command(1) == (0, LaneCommand.NONE,
+                                          {"gen": 0, "tick": 0, "epoch": 0, "n": 0})
+        worker.ack_lane(0, seq, True, gen=3, tick=120, head=55)
+        assert control.lane_ack(0) == (1, LaneAck.OK)
+        rec = control.lane(0)
+        assert (int(rec["gen"]), int(rec["tick"]), int(rec["head"])) == (3, 120, 55)
+        seq2 = control.send_lane(0, LaneCommand.DRAIN)
+        assert seq2 == 2
+        assert control.lane_ack(0) == (1, LaneAck.OK)      # the old ack is not the new one
+        worker.ack_lane(0, seq2, False)
+        assert control.lane_ack(0) == (2, LaneAck.ERROR)
+        assert control.lane_ack(1) == (0, LaneAck.NONE)    # the other lane is untouched
+    finally:
+        worker.close()
+
+
+def test_reset_lane_clears_but_keeps_sequence_numbers_growing(control: ControlBlock) -> None:
+    """A new worker on the lane sees no stale command, report or fence, and an ack left by
+    the previous worker can never match a command sent after the reset."""
+    seq = control.send_lane(1, LaneCommand.DRAIN)
+    control.ack_lane(1, seq, True, head=30, gen=4)
+    control.send_lane(1, LaneCommand.RETIRE)              # never acknowledged: cmd_seq 2
+    control.set_fence(1, 30)
+    control.set_decided(1, 30)
+    control.reset_lane(1)
+    cmd_seq, cmd, args = control.lane_command(1)
+    assert (cmd_seq, cmd, args) == (2, LaneCommand.NONE,
+                                    {"gen": 0, "tick": 0, "epoch": 0, "n": 0})
+    assert control.lane_ack(1) == (2, LaneAck.NONE)
+    rec = control.lane(1)
+    assert (int(rec["head"]), int(rec["gen"])) == (0, 0)
+    assert control.fence(1) is None
+    assert control.decided(1) == 30          # the position worker's cursor is not the lane's
+    nxt = control.send_lane(1, LaneCommand.HANDOFF, gen=5)
+    assert nxt == 3 and nxt > seq
+    assert control.lane_ack(1)[0] < nxt

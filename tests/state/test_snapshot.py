@@ -1,4 +1,5 @@
-"""The A/B snapshot region: basics, and a writer killed with SIGKILL mid-write, many times."""
+"""The A/B snapshot region: basics, empty versus corrupt, exact generations, and a writer
+killed with SIGKILL mid-write, many times."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from core.errors import SegmentError, SnapshotEmptyError
+from core.errors import OperatorError, SegmentError, SnapshotCorruptError, SnapshotEmptyError
 from state.run import RunPaths
 from state.snapshot import SnapshotRegion
 from tests.state.helpers import wait_for
@@ -31,11 +32,27 @@ def check_body(gen: int, data: bytes) -> None:
     assert (words == gen).all(), f"generation {gen} holds data of {set(np.unique(words))}"
 
 
+def flip_payload_byte(region: SnapshotRegion, buffer: str, at: int = 5) -> None:
+    """Corrupt one payload byte of buffer A or B through the segment's own mapping."""
+    assert region._seg is not None
+    off = 256 + "AB".index(buffer) * region.capacity + at
+    region._seg.buf[off] ^= 0xFF
+
+
+def buffer_of(region: SnapshotRegion, generation: int) -> str:
+    """Which buffer ("A" or "B") holds ``generation``."""
+    (b,) = [b["buffer"] for b in region.status()["buffers"] if b["generation"] == generation]
+    return b
+
+
 def test_empty_region_raises(run_paths: RunPaths) -> None:
     region = SnapshotRegion.create(run_paths.seg("snapshot"), 1024)
     try:
-        with pytest.raises(SnapshotEmptyError):
+        with pytest.raises(SnapshotEmptyError, match="no generation was ever committed") as exc:
             region.read()
+        assert not isinstance(exc.value, SnapshotCorruptError)
+        with pytest.raises(SnapshotEmptyError):
+            region.read_generation(1)
         assert [b["generation"] for b in region.status()["buffers"]] == [0, 0]
     finally:
         region.unlink()
@@ -84,6 +101,83 @@ def test_a_corrupt_newest_buffer_falls_back_to_the_previous_generation(
         snap = region.read()
         assert (snap.generation, snap.data) == (1, b"old" * 10)
     finally:
+        region.unlink()
+        region.close()
+
+
+def test_both_buffers_corrupt_is_not_empty(run_paths: RunPaths) -> None:
+    """A snapshot that exists but cannot be read must not look like "no snapshot yet": the
+    strategy would start empty and its next commit would make the loss permanent."""
+    path = run_paths.seg("snapshot")
+    region = SnapshotRegion.create(path, 1024)
+    try:
+        region.write(b"old" * 10, schema_version=1)
+        region.write(b"new" * 10, schema_version=1)
+        flip_payload_byte(region, "A")
+        flip_payload_byte(region, "B")
+        with pytest.raises(SnapshotCorruptError) as exc:
+            region.read()
+        assert isinstance(exc.value, OperatorError)
+        assert not isinstance(exc.value, SnapshotEmptyError)
+        message = str(exc.value)
+        assert str(path) in message
+        assert "generation 1" in message and "generation 2" in message
+        assert "crc mismatch" in message
+        assert [b["crc_ok"] for b in region.status()["buffers"]] == [False, False]
+    finally:
+        region.unlink()
+        region.close()
+
+
+def test_a_bad_length_with_the_other_buffer_invalid_is_corrupt(run_paths: RunPaths) -> None:
+    """One buffer mid-write (generation 0), the other with a length beyond the capacity."""
+    region = SnapshotRegion.create(run_paths.seg("snapshot"), 1024)
+    try:
+        region.write(b"only", schema_version=1)
+        region._meta["AB".index(buffer_of(region, 1))]["length"] = 1025
+        with pytest.raises(SnapshotCorruptError, match="bad length 1025 > capacity 1024"):
+            region.read()
+    finally:
+        region.unlink()
+        region.close()
+
+
+def test_a_corrupt_older_buffer_leaves_the_newest_readable(run_paths: RunPaths) -> None:
+    region = SnapshotRegion.create(run_paths.seg("snapshot"), 1024)
+    try:
+        region.write(b"old" * 10, schema_version=1)
+        region.write(b"new" * 10, schema_version=1)
+        flip_payload_byte(region, buffer_of(region, 1))
+        snap = region.read()
+        assert (snap.generation, snap.data) == (2, b"new" * 10)
+    finally:
+        region.unlink()
+        region.close()
+
+
+def test_read_generation_returns_exactly_that_generation(run_paths: RunPaths) -> None:
+    path = run_paths.seg("snapshot")
+    region = SnapshotRegion.create(path, 1024)
+    reader = SnapshotRegion.attach(path, readonly=True)
+    try:
+        for gen in range(1, 4):
+            region.write(bytes([gen]) * gen, schema_version=2, epoch=gen)
+        newest, previous = reader.read_generation(3), reader.read_generation(2)
+        assert (newest.generation, newest.data, newest.epoch) == (3, b"\x03" * 3, 3)
+        assert (previous.generation, previous.data, previous.epoch) == (2, b"\x02" * 2, 2)
+        with pytest.raises(SnapshotEmptyError, match="generation 1 is not held") as exc:
+            reader.read_generation(1)                   # overwritten by generation 3
+        assert not isinstance(exc.value, SnapshotCorruptError)
+        with pytest.raises(SnapshotEmptyError):
+            reader.read_generation(4)                   # not written yet
+        with pytest.raises(ValueError):
+            reader.read_generation(0)
+        flip_payload_byte(region, buffer_of(region, 2), at=1)
+        with pytest.raises(SnapshotCorruptError, match=r"generation 2 does not validate.*crc"):
+            reader.read_generation(2)
+        assert reader.read_generation(3).data == b"\x03" * 3
+    finally:
+        reader.close()
         region.unlink()
         region.close()
 
