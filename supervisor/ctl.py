@@ -71,7 +71,9 @@ def reload_main(argv: list[str]) -> int:
                     help="evaluate N live ticks beside the active worker first, and report "
                     "the decisions that differ")
     ap.add_argument("--dry-run", action="store_true", help="with --shadow: report only")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the ack")
+    ap.add_argument("--timeout", type=float, default=None, metavar="S",
+                    help="seconds the new version has to load and verify (default: the "
+                    "supervisor's, 30); the command waits that long plus the hand-over")
     ap.add_argument("--json", action="store_true", help="print the reload record as JSON")
     a = ap.parse_args(argv)
     run_dir = a.run_dir or default_run_dir()
@@ -92,7 +94,10 @@ def reload_main(argv: list[str]) -> int:
         args["shadow"] = a.shadow
     if a.dry_run:
         args["dry_run"] = True
-    code, ack = _send(run_dir, "reload", args, a.timeout)
+    if a.timeout is not None:
+        args["timeout"] = a.timeout
+    wait = (a.timeout or 30.0) + 60.0 + 20.0 * a.shadow
+    code, ack = _send(run_dir, "reload", args, wait)
     if ack is None:
         return code
     rec = _reload_record(run_dir, ack["id"])
@@ -161,7 +166,7 @@ def render(doc: dict[str, Any]) -> str:
     for name, w in (doc.get("workers") or {}).items():
         state = w.get("worker_state") if isinstance(w.get("worker_state"), str) \
             else w.get("state")
-        out.append(f"{name:<10} {w.get('pid') or '-':>7} {str(state):<9} "
+        out.append(f"{name:<10} {w.get('pid') or '-':>7} {state!s:<9} "
                    f"{'' if w.get('lane') is None else w['lane']:>4} {w.get('epoch') or '':>5} "
                    f"{w.get('restarts', 0):>8} {w.get('rss_mb', ''):>7} "
                    f"{w.get('cpu_pct', ''):>6} {w.get('heartbeat_age_ms', ''):>7}")

@@ -22,6 +22,7 @@ from state.ring import RingWriter
 from state.run import SNAPSHOT_CAPACITY, TICK_RING_CAPACITY, RunPaths
 from state.snapshot import SnapshotRegion
 from state.table import TableWriter
+from strategy_worker.lifecycle import StrategyState
 from tests.waiting import wait_for
 
 ALWAYS_UP = '''
@@ -52,6 +53,7 @@ class FakeFeed:
                                    len(SYMBOLS) * len(KLINE_INTERVALS))
         self.markets = TableWriter(paths.seg("markets"), MARKET_DT, len(SLOTS))
         self.n = 0
+        self.rows: list[np.void] = []
         now = clock.now()
         for s in SLOTS:
             row = np.zeros((), MARKET_DT)
@@ -62,11 +64,15 @@ class FakeFeed:
             row["slug"] = s.slug(start).encode()
             row["up_ask"] = row["down_ask"] = 0.5
             self.markets.write(s.index, row)
+            self.rows.append(row)
 
     def tick(self) -> int:
         self.n += 1
         rec = np.zeros((), TICK_DT)
         rec["tick"], rec["tick_time_ms"] = self.n, self.clock.now_ms()
+        for row in self.rows:                   # the scanner copies its rows into the tick
+            row["tick"] = self.n
+            rec["markets"][int(row["slot"])] = row
         self.ticks.publish(rec)
         return self.n
 
@@ -90,7 +96,7 @@ def world(run_paths: RunPaths, control: ControlBlock) -> Iterator[dict]:
     def start(epoch: int, lane: int = 0, path: Path = strategy) -> subprocess.Popen:
         p = subprocess.Popen([sys.executable, "-m", "strategy_worker", "--run-dir",
                               str(run_paths.run_dir), "--epoch", str(epoch), "--lane", str(lane),
-                              "--strategy", str(path)],
+                              "--strategy", str(path), "--auto-handoff"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(p)
         return p
@@ -144,7 +150,8 @@ def test_standby_worker_neither_trades_nor_snapshots(world: dict) -> None:
     control.set_active_epoch(1)             # somebody else is active
     p = world["start"](2, lane=1)
     wait_for(lambda: registered(control, 1, p.pid), what="registration")
-    wait_for(lambda: control.worker(WorkerSlot.strategy(1))["state"] == 2, what="STANDBY")
+    wait_for(lambda: control.worker(WorkerSlot.strategy(1))["state"] == StrategyState.HANDED,
+             what="HANDED (verified, waiting for its epoch)")
     for _ in range(3):
         feed.tick()
     # the worker has consumed every tick once its reader cursor reaches the head

@@ -43,30 +43,46 @@ def bot(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
     assert not leftovers, f"segments left behind: {leftovers}"
 
 
+def all_running(run_dir: Path) -> dict | None:
+    """Status once sim, feed, position and the active strategy worker all run."""
+    s = status(run_dir)
+    if not s or s.get("active_epoch", 0) == 0:
+        return None
+    lane = (s.get("strategy") or {}).get("active_lane")
+    if lane is None:
+        return None
+    names = ("sim", "feed", "position", f"strategy{lane}")
+    ok = all(s["workers"].get(n, {}).get("state") == "RUNNING" for n in names)
+    return s if ok else None
+
+
 def test_make_run_brings_up_the_whole_bot_and_stops_cleanly(bot) -> None:
     p, run_dir = bot
 
-    def all_running() -> bool:
-        s = status(run_dir)
-        return bool(s) and all(w["state"] == "RUNNING" for w in s["workers"].values()) \
-            and len(s["workers"]) == 4
-
-    wait_for(all_running, 120, "every worker RUNNING")
+    wait_for(lambda: all_running(run_dir), 120, "every worker RUNNING")
     t0 = status(run_dir)["tick"]
     wait_for(lambda: status(run_dir)["tick"] >= t0 + 2, 60, "the tick to advance")
     s = status(run_dir)
     assert s["active_epoch"] == 1 and s["mode"] == "sim"
     assert s["feed"]["messages"] > 0
-    pids = [w["pid"] for w in s["workers"].values()]
-    p.send_signal(signal.SIGHUP)                 # reserved for reload: must not stop the bot
-    t1 = status(run_dir)["tick"]
+    assert s["reloads"][-1]["trigger"] == "start" and s["reloads"][-1]["result"] == "ok"
+    long_lived = {n: s["workers"][n]["pid"] for n in ("sim", "feed", "position")}
+    p.send_signal(signal.SIGHUP)                 # systemd's ExecReload: reload the file
+    s = wait_for(lambda: (status(run_dir) or {}).get("active_epoch") == 2 and status(run_dir),
+                 60, "the SIGHUP reload")
+    assert s["reloads"][-1]["trigger"] == "sighup" and s["reloads"][-1]["result"] == "ok"
+    assert s["reloads"][-1]["missed_ticks"] == 0 and s["reloads"][-1]["duplicate_ticks"] == 0
+    t1 = s["tick"]
     wait_for(lambda: status(run_dir)["tick"] >= t1 + 2, 60, "ticks after SIGHUP")
     assert p.poll() is None
-    assert [w["pid"] for w in status(run_dir)["workers"].values()] == pids
+    s = status(run_dir)
+    assert {n: s["workers"][n]["pid"] for n in long_lived} == long_lived   # not touched
+    pids = [w["pid"] for w in s["workers"].values() if w["pid"]]
     p.send_signal(signal.SIGINT)
     assert p.wait(timeout=120) == 0, p.log.read_text()[-3000:]
     final = status(run_dir)["workers"]             # written after the ordered shutdown
-    assert {n: w["last_exit"] for n, w in final.items()} == dict.fromkeys(final, 0)
+    exits = {n: w["last_exit"] for n, w in final.items() if w["state"] != "EMPTY"}
+    assert exits == dict.fromkeys(exits, 0)
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -76,16 +92,15 @@ def test_killed_workers_are_restarted_and_pick_up_their_state(bot) -> None:
     p, run_dir = bot
 
     def running(name: str, restarts: int = 0) -> dict | None:
-        s = status(run_dir)
-        if not s or len(s["workers"]) < 4:
+        s = all_running(run_dir)
+        if not s:
             return None
         w = s["workers"].get(name)
         return s if w and w["state"] == "RUNNING" and w["restarts"] >= restarts else None
 
-    s = wait_for(lambda: all(running(n) for n in ("feed", "position", "strategy")), 120,
-                 "every worker RUNNING") and status(run_dir)
+    s = wait_for(lambda: all_running(run_dir), 120, "every worker RUNNING")
     feed_pid = s["workers"]["feed"]["pid"]
-    strategy_pid = s["workers"]["strategy"]["pid"]
+    strategy_pid = s["workers"]["strategy0"]["pid"]
 
     os.kill(feed_pid, signal.SIGKILL)
     s = wait_for(lambda: running("feed", restarts=1), 120, "feed restarted")
@@ -95,10 +110,14 @@ def test_killed_workers_are_restarted_and_pick_up_their_state(bot) -> None:
     wait_for(lambda: status(run_dir)["tick"] > t0, 60, "ticks after the feed restart")
 
     os.kill(strategy_pid, signal.SIGKILL)
-    s = wait_for(lambda: running("strategy", restarts=1), 120, "strategy restarted")
-    assert s["active_epoch"] == 2              # a new incarnation, a new fencing epoch
-    log = (run_dir / "logs" / "strategy.log").read_text()
-    assert "restored snapshot generation" in log  # its state came back from the snapshot
+    s = wait_for(lambda: (status(run_dir) or {}).get("active_epoch") == 2 and all_running(
+        run_dir), 120, "strategy restarted")      # a new incarnation, a new fencing epoch
+    crash = s["reloads"][-1]
+    assert crash["trigger"] == "crash" and crash["result"] == "ok"
+    gen = crash["drained"] or {}
+    log = (run_dir / "logs" / "strategy0.log").read_text()
+    assert "verified: restored generation" in log   # its state came back from the snapshot
+    assert not gen                                # nothing to drain: the worker was dead
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=120) == 0, p.log.read_text()[-3000:]
 
@@ -109,20 +128,14 @@ def test_supervisor_killed_then_restarted_adopts_the_run(tmp_path: Path) -> None
             "--run-dir", str(run_dir)]
     procs = []
 
-    def all_running() -> dict | None:
-        s = status(run_dir)
-        ok = s and len(s["workers"]) == 4 and all(
-            w["state"] == "RUNNING" for w in s["workers"].values())
-        return s if ok else None
-
     try:
         first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(first)
-        s1 = wait_for(all_running, 120, "first run up")
+        s1 = wait_for(lambda: all_running(run_dir), 120, "first run up")
         run_id = orjson.loads((run_dir / "run.json").read_bytes())["run_id"]
         wait_for(lambda: status(run_dir)["tick"] >= s1["tick"] + 2, 60, "ticks")
         tick_before = status(run_dir)["tick"]
-        children = [w["pid"] for w in s1["workers"].values()]
+        children = [w["pid"] for w in s1["workers"].values() if w["pid"]]
         first.kill()                                   # the supervisor crashes
         first.wait(30)
 
@@ -139,7 +152,7 @@ def test_supervisor_killed_then_restarted_adopts_the_run(tmp_path: Path) -> None
 
         second = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(second)
-        s2 = wait_for(all_running, 120, "second run up")
+        s2 = wait_for(lambda: all_running(run_dir), 120, "second run up")
         assert orjson.loads((run_dir / "run.json").read_bytes())["run_id"] == run_id
         assert s2["active_epoch"] == 2                 # epochs keep growing across the crash
         assert s2["tick"] >= tick_before               # the tick counter was adopted

@@ -1,0 +1,165 @@
+"""Hot reload against the real processes and the sim: every tick once, fenced, rolled back."""
+
+from __future__ import annotations
+
+import collections
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sim import testing as sim_testing
+from state.intents import IntentWriter
+from state.run import RunPaths
+from tests.supervisor.botctl import (
+    BROKEN,
+    Bot,
+    gaps_and_duplicates,
+    strategy_source,
+    ticks_of,
+)
+from tests.waiting import wait_for
+
+STALE_EPOCH = 0      # position_worker.reasons.RejectReason.STALE_EPOCH
+
+
+@pytest.fixture
+def bot(tmp_path: Path) -> Iterator[Bot]:
+    b = Bot(tmp_path)
+    try:
+        yield b
+    finally:
+        b.kill_everything()
+    assert not b.leftovers(), "segments left behind"
+
+
+def _still_trading(bot: Bot, epoch: int) -> None:
+    """The worker of ``epoch`` is active and evaluates new ticks."""
+    before = bot.lane_of_active()["evaluated"]
+    s = bot.wait_ticks(2)
+    assert s["active_epoch"] == epoch
+    wait_for(lambda: bot.lane_of_active()["evaluated"] > before, 30,
+             "the old worker evaluating", bot.tail)
+
+
+def test_twenty_reloads_keep_every_tick_and_roll_back_every_broken_file(bot: Bot) -> None:
+    from position_worker.reasons import RejectReason
+
+    assert RejectReason.STALE_EPOCH == STALE_EPOCH
+    bot.wait_active()
+    bot.wait_ticks(3)
+    sim_admin = sim_testing.read_sim_info(bot.run_dir)["admin"]
+    broken = iter(BROKEN.items())
+    shas: list[str] = []
+    records = []
+    plan = ["good", "bad", "good", "bad", "schema2", "bad", "good2", "bad", "good2", "bad",
+            "good2", "bad", "good2", "bad", "previous", "to", "params", "sighup", "schema1",
+            "good"]
+    for i, step in enumerate(plan):
+        epoch = bot.status()["active_epoch"]
+        if step == "bad":
+            kind, source = next(broken)
+            extra = {"timeout": 3.0} if kind == "hanging import" else {}
+            ack, rec = bot.deploy(source, f"bad{i}", **extra)
+            assert ack["result"] == "rolled_back", (kind, ack, bot.tail())
+            assert rec["result"] == "rolled_back" and rec["error"], rec
+            assert bot.wait_active()["active_epoch"] == epoch, kind
+            _still_trading(bot, epoch)
+            continue
+        if step == "previous":
+            ack, rec = bot.reload({"previous": True})
+            assert rec["sha256"] == shas[-2]
+        elif step == "to":
+            ack, rec = bot.reload({"to": shas[-2][:10]})
+            assert rec["sha256"] == shas[-2]
+        elif step == "params":
+            ack, rec = bot.reload({"params": {"x": i}})
+            assert rec["params"] == {"x": i}
+        elif step == "sighup":
+            (bot.tmp / f"good{i}.py").write_text(strategy_source(f"v{i}", schema=2))
+            n = len(bot.status()["reloads"])
+            ack, rec = bot.reload({"strategy": str(bot.tmp / f"good{i}.py")})
+            (bot.tmp / f"good{i}.py").write_text(strategy_source(f"v{i}h", schema=2))
+            bot.proc.send_signal(signal.SIGHUP)
+            rec = wait_for(lambda n=n: len(bot.status()["reloads"]) >= n + 2
+                           and bot.status()["reloads"][-1], 60, "the SIGHUP reload", bot.tail)
+            assert rec["trigger"] == "sighup"
+            records.append(rec)
+            shas.append(rec["sha256"])
+            bot.wait_active()
+            continue
+        else:
+            schema = {"schema2": 2, "good2": 2, "schema1": 1}.get(step, 1)
+            ack, rec = bot.deploy(strategy_source(f"v{i}", schema=schema), f"good{i}")
+        assert ack["result"] == "ok", (step, ack, bot.tail())
+        assert rec["result"] == "ok" and rec["to_epoch"] > epoch, rec
+        records.append(rec)
+        shas.append(rec["sha256"])
+        s = bot.wait_active()
+        assert s["active_epoch"] == rec["to_epoch"]
+        bot.wait_ticks(1)
+
+    # fencing: a retired worker's epoch and a standby's epoch are refused
+    paths, _ = RunPaths.load(bot.run_dir)
+    last = records[-1]
+    zombie = IntentWriter(paths, last["from_lane"], last["from_epoch"])
+    try:
+        zombie_seq = zombie.submit(0, 1_700_000_100, "btc-updown-5m-1700000100", 0, 5.0, 0.5,
+                                   "zombie")
+    finally:
+        zombie.close()
+    shadow_file = bot.tmp / "shadow.py"
+    shadow_file.write_text(strategy_source("shadow").replace(
+        "        self.calls += 1\n", "        return Decision('Down', 0.5, 'shadow')\n"))
+    from supervisor.control_file import append_command, wait_for_ack
+    cid = append_command(bot.run_dir / "control.json", "reload",
+                         {"strategy": str(shadow_file), "shadow": 30, "dry_run": True})
+    live = wait_for(lambda: (bot.status()["strategy"].get("reload_in_progress") or {}).get(
+        "phase") == "SHADOW" and bot.status()["strategy"]["reload_in_progress"], 60,
+        "the shadow phase", bot.tail)
+    standby = IntentWriter(paths, live["to_lane"], live["to_epoch"])
+    try:
+        standby.submit(1, 1_700_000_100, "btc-updown-15m-1700000100", 0, 5.0, 0.5, "early")
+    finally:
+        standby.close()
+    ack = wait_for_ack(bot.run_dir / "status.json", cid, 120)
+    assert ack is not None and ack["result"] == "ok", bot.tail()
+    dry = next(r for r in reversed(bot.status()["reloads"]) if r["command_id"] == cid)
+    assert dry["result"] == "dry_run" and dry["shadow"]["compared"] >= 1
+    assert dry["shadow"]["diffs"] and {"tick", "slot", "old", "new"} <= set(
+        dry["shadow"]["diffs"][0])
+    assert bot.status()["active_epoch"] == last["to_epoch"]    # a dry run never promotes
+    bot.wait_ticks(2)
+    order_log = sim_testing.order_log(sim_admin)
+
+    assert bot.stop() == 0, bot.tail()
+    for rec in records:
+        assert rec["missed_ticks"] == 0 and rec["duplicate_ticks"] == 0, rec
+        assert rec["handoff_ms"] is not None and rec["first_tick_new"] == \
+            rec["last_tick_old"] + 1, rec
+    state = bot.final_state()
+    ticks = ticks_of(state)
+    gaps, dups = gaps_and_duplicates(ticks)
+    assert not gaps and not dups, (gaps, dups, ticks[:5], ticks[-5:])
+    assert len(ticks) > 60
+    # the state is continuous: it went through every good version, in order, and the schema
+    # changes (1 -> 2 -> 1) were migrated both ways
+    assert state["history"][0] == "v0" and len(state["history"]) >= 12
+    assert "seen_ticks" not in state and "ticks" in state
+
+    intents = bot.journal_intents()
+    accepted = [r["epoch"] for r in intents if r["accepted"]]
+    assert accepted == sorted(accepted), "accepted intents are epoch-monotone"
+    z = [r for r in intents if r["lane"] == last["from_lane"] and r["seq"] == zombie_seq]
+    assert z and not z[0]["accepted"] and z[0]["reject_reason"] == STALE_EPOCH, z
+    early = [r for r in intents if r["epoch"] == live["to_epoch"]]
+    assert early and all(not r["accepted"] and r["reject_reason"] == STALE_EPOCH
+                         for r in early), early
+    posts = collections.Counter(
+        str(e["body"]["order"].get("metadata")) for e in order_log
+        if e.get("method") == "POST" and e.get("path") == "/order"
+        and isinstance(e.get("body"), dict) and isinstance(e["body"].get("order"), dict))
+    assert all(n == 1 for n in posts.values()), "one order per (slot, window)"
+    assert len({(o["slot"], o["window_start"]) for o in bot.journal_orders()}) == \
+        len(bot.journal_orders())
