@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ring bench-feed sim inspect clean soak
+.PHONY: run test lint bench bench-ring bench-feed bench-reload sim inspect clean soak
 
 # (Re)create the venv when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -38,7 +38,10 @@ bench-ring: $(STAMP)
 bench-feed: $(STAMP)
 	$(PY) -m feed_worker.bench
 
-bench: bench-ring bench-feed
+bench-reload: $(STAMP)
+	$(PY) -m bench.reload
+
+bench: bench-ring bench-feed bench-reload
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -367,7 +367,7 @@ def summarize(samples: list[Sample], speed: float) -> dict[str, Any]:
         "command_to_active_ms": summary(to_active, 50, 99),
         "first_tick_extra_ms": {**summary(extra, 50, 99), "null": len(recs) - len(extra)},
         "verify_ms": summary(verify, 50, 99),
-        "rollback_ms": summary([s.wall_ms for s in rolled], 50),
+        "rollback_ms": summary([s.wall_ms for s in rolled], 50, 99),
         "ack_wall_ms": summary([s.wall_ms for s in ok], 50, 99),
         "rollbacks": len(rollbacks),
         "failed_rollbacks": len(rollbacks) - len(rolled),

@@ -6,6 +6,7 @@ check that the ticks seen across every reload have no gap and no duplicate.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sqlite3
@@ -236,6 +237,6 @@ def ticks_of(state: dict) -> list[int]:
 
 
 def gaps_and_duplicates(ticks: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
-    gaps = [(a, b) for a, b in zip(ticks, ticks[1:], strict=False) if b > a + 1]
-    dups = [b for a, b in zip(ticks, ticks[1:], strict=False) if b <= a]
+    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b > a + 1]
+    dups = [b for a, b in itertools.pairwise(ticks) if b <= a]
     return gaps, dups
