@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The sim at 10x by default: a 5-minute window in 30 s, watchable (ARGS="--speed 1" for real time).
 run: $(STAMP)
-	$(VENV)/bin/noblink run $(ARGS)
+	$(VENV)/bin/noblink run --speed 10 $(ARGS)
 
 sim: $(STAMP)
 	$(VENV)/bin/noblink sim --speed 60 $(ARGS)

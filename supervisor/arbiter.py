@@ -36,6 +36,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -52,6 +53,7 @@ from state.run import SNAPSHOT_CAPACITY, RunPaths, new_run_id, prepare_run_dir
 from state.segment import scan_segments
 from state.snapshot import SnapshotRegion
 from supervisor.commands import CommandDesk
+from supervisor.console import Console
 from supervisor.lanes import LaneConfig, Lanes
 from supervisor.reload import ReloadTimeouts
 from supervisor.status import StatusWriter
@@ -126,6 +128,7 @@ class Supervisor:
         self.exit_code = 0
         self.stop_requested = False
         self.status: StatusWriter | None = None
+        self.console: Console | None = None
         self._status_due = 0.0
 
     # -- signals: enqueue only ------------------------------------------------------------
@@ -347,9 +350,13 @@ class Supervisor:
             self.setup_run()
             self.start_children()
             assert self.paths is not None
-            log.info("noblink is up: logs in %s/logs, status in %s; `noblink reload "
-                     "--run-dir %s` deploys the edited strategy; Ctrl-C stops",
-                     self.paths.run_dir, self.paths.status_json, self.paths.run_dir)
+            log.info("noblink is up: logs in %s/logs, status in %s; edit %s and run "
+                     "`noblink reload --run-dir %s` (or send SIGHUP) to deploy it; "
+                     "`noblink status --run-dir %s` shows the bot; Ctrl-C stops",
+                     self.paths.run_dir, self.paths.status_json,
+                     self.cfg.strategy or DEFAULT_STRATEGY, self.paths.run_dir,
+                     self.paths.run_dir)
+            self.console = Console()
             while not self._stopping():
                 self._sleep(self._period())
                 if self._stopping():       # a stop signal wins over restarting anything
@@ -431,36 +438,64 @@ class Supervisor:
             return
         self._status_due = now + 0.25
         assert self.lanes is not None and self.desk is not None
-        self.status.write(self.children, self.lanes, self.desk, epoch=self.epoch,
-                          mode=self.cfg.mode)
+        doc = self.status.write(self.children, self.lanes, self.desk, epoch=self.epoch,
+                                mode=self.cfg.mode)
+        if self.console is not None:
+            self.console.update(doc)
 
     # -- shut-down ------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop children in reverse start order, then remove every segment of the run."""
+        """Stop children in reverse start order, then remove every segment of the run.
+
+        Each step is guarded: a failing step (a status file that cannot be written, say)
+        must not leave children running or segments in /dev/shm."""
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+        try:
+            self._stop_children()
+            if self.status is not None and self.lanes is not None and self.desk is not None:
+                with _logged("final status"):
+                    self.write_status(force=True)
+        finally:
+            if self.status is not None:
+                self.status.close()
+            for res in (self.snapshot, self.control):
+                if res is not None:
+                    res.close()
+            if self.paths is not None:
+                removed = self.paths.remove_segments()
+                log.info("run %s stopped; removed %d segments", self.paths.run_id,
+                         len(removed))
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _stop_children(self) -> None:
         if self.lanes is not None:
-            self.lanes.stop_all()
-            self._save_snapshot_file()
+            with _logged("stopping the strategy workers"):
+                self.lanes.stop_all()
+            with _logged("saving the strategy snapshot"):
+                self._save_snapshot_file()
         for name in ("position", "feed", "sim"):
             child = self.children.get(name)
             if child is None:
                 continue
-            child.terminate()
-            if not child.wait(child.spec.stop_grace):
-                child.kill()
-                child.wait(5.0)
-            child.poll()
-        if self.status is not None and self.lanes is not None and self.desk is not None:
-            self.write_status(force=True)
-            self.status.close()
-        for res in (self.snapshot, self.control):
-            if res is not None:
-                res.close()
-        if self.paths is not None:
-            removed = self.paths.remove_segments()
-            log.info("run %s stopped; removed %d segments", self.paths.run_id, len(removed))
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+            with _logged(f"stopping {name}"):
+                child.terminate()
+                if not child.wait(child.spec.stop_grace):
+                    child.kill()
+                    child.wait(5.0)
+                child.poll()
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Iterator[None]:
+    """Shut-down steps log their failure and let the next step run."""
+    try:
+        yield
+    except Exception:
+        log.exception("shutdown: %s failed", what)
 
 
 def _archive_sim_journal(old: RunPaths, doc: dict) -> None:

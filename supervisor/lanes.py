@@ -126,6 +126,9 @@ class Lanes:
                 self._finish(self.reload)
                 self.reload = None
         if self.reload is None and self.queue:
+            if self.probation is not None:      # replaced before its probation ended
+                self.probation.record["probation"] = "superseded"
+                self.probation = None
             self.reload = Reload(self.queue.popleft(), self, self.timeouts)
             self.failed_for_good = None
             self.reload.step()

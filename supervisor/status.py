@@ -165,9 +165,10 @@ class StatusWriter:
                 "reloads": list(lanes.history), "commands": desk.records()}
 
     def write(self, children: dict[str, Child], lanes: Lanes, desk: CommandDesk, *,
-              epoch: int, mode: str) -> None:
+              epoch: int, mode: str) -> dict[str, Any]:
         doc = self.snapshot(children, lanes, desk, epoch=epoch, mode=mode)
         write_json_atomic(self.paths.status_json, doc)
+        return doc
 
     def close(self) -> None:
         for t in self._tables.values():

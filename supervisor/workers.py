@@ -18,6 +18,7 @@ import collections
 import contextlib
 import ctypes
 import enum
+import functools
 import logging
 import os
 import signal
@@ -36,9 +37,19 @@ log = logging.getLogger("supervisor.workers")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child, before exec
+    """Arm PR_SET_PDEATHSIG (SIGTERM when ``parent_pid`` dies), then make sure it still lives.
+
+    Runs in the forked child before exec (``preexec_fn``), so it only makes syscalls: no
+    logging, no locks. ``parent_pid`` is the supervisor's pid, taken before the fork.
+    """
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # The death signal only covers a parent that dies *after* the prctl. If the supervisor
+    # died between the fork and the prctl, we were already reparented (to init or a
+    # subreaper) and no signal will ever come: exit now rather than run as an orphan.
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 class ChildState(enum.IntEnum):
@@ -109,10 +120,12 @@ class Child:
         """Spawn the process (its output goes to <log_dir>/<name>.log)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         argv = self.spec.argv()
+        parent_pid = os.getpid()     # before the fork: the child checks it after the prctl
         with open(self.log_dir / f"{self.spec.name}.log", "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=functools.partial(_die_with_parent, parent_pid),
                 # Own session: a Ctrl-C in the operator's terminal reaches the supervisor
                 # only, which then stops the children in order (strategy first).
                 start_new_session=True,

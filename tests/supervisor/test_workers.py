@@ -1,8 +1,14 @@
+import signal
+import subprocess
 import sys
 
 import pytest
 
 from supervisor.workers import Child, ChildSpec, ChildState, RestartPolicy
+
+# PR_GET_PDEATHSIG: the signal the kernel sends this process when its parent dies (0: none).
+READ_PDEATHSIG = ("import ctypes; v = ctypes.c_int(); "
+                  "ctypes.CDLL('libc.so.6').prctl(2, ctypes.byref(v)); raise SystemExit(v.value)")
 
 
 class FakeTime:
@@ -87,3 +93,24 @@ def test_child_argv_is_rebuilt_at_each_start(tmp_path) -> None:
     c.fsm.to(ChildState.STARTING)
     c.start()
     assert c.wait(30) and c.poll() == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.parametrize("expected, code", [("os.getppid()", 0), ("os.getpid()", 1)])
+def test_die_with_parent_exits_when_the_parent_is_already_gone(expected: str, code: int) -> None:
+    """The child re-checks its parent after arming the death signal: a parent that died
+    before the prctl (here: any pid but the real parent's) makes it exit 1 at once."""
+    prog = ("import os; from supervisor.workers import _die_with_parent; "
+            f"_die_with_parent({expected}); raise SystemExit(0)")
+    p = subprocess.run([sys.executable, "-c", prog], capture_output=True, timeout=60)
+    assert p.returncode == code, p.stderr.decode()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_started_child_has_the_death_signal_armed(tmp_path) -> None:
+    """Child.start wires _die_with_parent with this process's pid: the child runs (the pid
+    check passed) and its parent-death signal is SIGTERM (it survives exec)."""
+    c = Child(ChildSpec("pdeathsig", lambda: ["-c", READ_PDEATHSIG]), tmp_path)
+    c.start()
+    assert c.wait(30)
+    assert c.poll() == int(signal.SIGTERM)
