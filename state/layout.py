@@ -284,6 +284,9 @@ class LaneCommand(enum.IntEnum):
     HANDOFF = 3        # restore exactly generation arg_gen (epoch arg_epoch, tick arg_tick)
     RETIRE = 4         # exit 0 (after the flip, or a standby that is not wanted)
     SHADOW = 5         # evaluate arg_n live ticks beside the active worker, never trade
+    TAKEOVER = 6       # when lane arg_n acknowledges its DRAIN (seq arg_gen), restore the
+                       # generation it reports (epoch arg_epoch): HANDOFF without a hop
+                       # through the supervisor
 
 
 class LaneAck(enum.IntEnum):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -34,14 +35,15 @@ from state.layout import (
     MAX_SLOTS,
     TICK_DT,
     Decided,
+    LaneAck,
     LaneCommand,
     Outcome,
     WorkerRole,
 )
 from state.ring import RingReader
-from state.run import RunPaths
+from state.run import TICK_RING_CAPACITY, RunPaths
 from state.snapshot import Snapshot, SnapshotRegion
-from strategy_worker.api import Decision
+from strategy_worker.api import Decision, SlotView
 from strategy_worker.lifecycle import STANDBY_STATES, TRANSITIONS, StrategyState
 from strategy_worker.loader import LoadedStrategy
 from strategy_worker.report import Report
@@ -50,7 +52,9 @@ from strategy_worker.views import StateViews
 log = logging.getLogger("strategy_worker")
 
 _S = StrategyState
-PENDING_TICKS = 64          # ticks a standby keeps (only those after the handoff matter)
+# Ticks kept between polls and evaluations: as many as the ring holds, so a worker that fell
+# behind (or a drained one that is resumed) evaluates every tick still there.
+PENDING_TICKS = TICK_RING_CAPACITY
 LATENCY_WINDOW = 256
 
 
@@ -92,6 +96,7 @@ class StrategyWorker:
         self.first_lat_ns = -1
         self.active_tick = 0
         self.shadow: dict | None = None
+        self.follow: dict | None = None              # a TAKEOVER waiting for a drain
         self.wake = asyncio.Event()
 
     @property
@@ -119,6 +124,11 @@ class StrategyWorker:
         """
         self.fsm.to(_S.VERIFYING)
         self.verify()
+        # Everything loaded so far (modules, the strategy, numpy) lives as long as we do:
+        # collect once now and move it out of the collector's way, so that a collection of
+        # that whole graph does not land on the first ticks after the flip.
+        gc.collect()
+        gc.freeze()
         self.fsm.to(_S.READY, f"verified in {self.report.doc['verify_ms']:.1f} ms")
         self.report.update(state="READY")
         if self.auto_handoff:          # a worker run alone (tests, tools): take the newest
@@ -127,6 +137,7 @@ class StrategyWorker:
             self.control.heartbeat(self.slot, self.clock.monotonic_ns())
             self._poll_ticks()
             self._handle_command()
+            self._follow_drain()
             if self.state == _S.HANDED and self.control.active_epoch == self.epoch:
                 self._activate()
             if self.state == _S.ACTIVE:
@@ -171,18 +182,10 @@ class StrategyWorker:
         t1 = time.perf_counter()
         self._poll_ticks()
         n = 0
-        if self.pending:
+        if self.pending:                 # the current tick, through the cycle's own code path
             rec = self.pending[-1]
-            for view in self.views.slot_views(rec, int(rec["tick_time_ms"]) / 1000):
-                try:
-                    d = self.instance.evaluate(view)
-                except Exception as e:
-                    raise StrategyError(f"evaluate() raised on {view.label} at tick "
-                                        f"{view.tick}: {e!r}") from e
-                if d is not None and not isinstance(d, Decision):
-                    raise StrategyError(f"evaluate() returned {type(d).__name__} on "
-                                        f"{view.label}, not a Decision or None")
-                n += 1
+            codes, _ = self.evaluate_tick(self.instance, rec, strict=True)
+            n = int(np.count_nonzero(codes))
         t2 = time.perf_counter()
         data = self._encode(self.instance)
         try:
@@ -252,7 +255,8 @@ class StrategyWorker:
         self.handled_seq = seq
         steps = {LaneCommand.DRAIN: self.drain, LaneCommand.RESUME: self.resume,
                  LaneCommand.HANDOFF: self.handoff, LaneCommand.RETIRE: self.retire,
-                 LaneCommand.SHADOW: self.start_shadow}
+                 LaneCommand.SHADOW: self.start_shadow, LaneCommand.TAKEOVER: self.takeover}
+        self.follow = None                       # a newer command replaces a takeover
         step = steps.get(cmd)
         try:
             if step is None:
@@ -264,9 +268,12 @@ class StrategyWorker:
             self.control.ack_lane(self.lane, seq, False, tick=self.last_tick)
             self._notify()
             return
-        if report is not None:                   # a shadow run acknowledges when it ends
+        if report is not None:        # a shadow run or a takeover acknowledges when it ends
             self.control.ack_lane(self.lane, seq, True, **report)
             self._notify()
+            if cmd == LaneCommand.DRAIN and args["n"]:
+                with contextlib.suppress(ProcessLookupError):   # the standby takes over
+                    os.kill(args["n"], signal.SIGUSR1)
 
     def handoff(self, gen: int, tick: int, epoch: int, **_: int) -> dict:
         """Restore exactly generation ``gen`` (written by ``epoch`` at ``tick``) into a fresh
@@ -286,6 +293,37 @@ class StrategyWorker:
             self.pending.popleft()
         self.fsm.to(_S.HANDED, f"generation {gen}, tick {tick} of epoch {epoch}")
         return {"gen": gen, "tick": tick}
+
+    def takeover(self, gen: int, n: int, epoch: int, **_: int) -> None:
+        """Follow lane ``n``'s drain (its acknowledgement of command ``gen``) and restore
+        the generation it reports as soon as it does (see _follow_drain)."""
+        if self.state != _S.READY:
+            raise StrategyError(f"takeover in state {self.state.name}")
+        self.follow = {"seq": self.handled_seq, "lane": n, "drain_seq": gen, "epoch": epoch}
+        self._follow_drain()
+        return None
+
+    def _follow_drain(self) -> None:
+        f = self.follow
+        if f is None:
+            return
+        seq, ack = self.control.lane_ack(f["lane"])
+        if seq < f["drain_seq"]:
+            return
+        self.follow = None
+        try:
+            if ack != LaneAck.OK:
+                raise StrategyError(f"lane {f['lane']} did not drain")
+            rec = self.control.lane(f["lane"])
+            report = self.handoff(gen=int(rec["gen"]), tick=int(rec["tick"]),
+                                  epoch=f["epoch"])
+        except (NoblinkError, InvalidTransition) as e:
+            log.error("takeover failed: %s", e)
+            self.report.failed(e, "takeover")
+            self.control.ack_lane(self.lane, f["seq"], False, tick=self.last_tick)
+        else:
+            self.control.ack_lane(self.lane, f["seq"], True, **report)
+        self._notify()
 
     def _newest_args(self) -> dict:
         snap = self._newest_snapshot()
@@ -327,8 +365,7 @@ class StrategyWorker:
 
     def _poll_ticks(self) -> None:
         batch = self.ticks.poll()
-        if batch.lost:
-            self.skipped += batch.lost
+        if batch.lost:       # counted as skipped by the gap check when it matters (active)
             log.error("tick ring lapped: %d ticks lost", batch.lost)
         for rec in batch.records:
             self.pending.append(rec.copy())
@@ -345,29 +382,52 @@ class StrategyWorker:
                 log.error("ticks %d..%d were never seen: skipped", self.last_tick + 1, t - 1)
             self.cycle(rec, trade=i == len(todo) - 1)
 
-    def cycle(self, rec: np.void, *, trade: bool) -> int:
-        """Evaluate every slot of tick ``rec`` once; returns the number of intents sent."""
-        tick = int(rec["tick"])
-        trade = trade and self.trading and self.control.active_epoch == self.epoch
+    def evaluate_tick(self, instance: object, rec: np.void, *, strict: bool = False,
+                      count: bool = True) -> tuple[np.ndarray, list[tuple[SlotView, Decision]]]:
+        """Evaluate every listed slot of tick ``rec`` with ``instance``: the decision code of
+        each slot and the decisions taken. ``strict`` (verification) turns the first
+        exception or a return value that is not a Decision or None into a StrategyError;
+        otherwise one bad slot never stops the others (counted when ``count``)."""
         codes = np.zeros(MAX_SLOTS, dtype=np.uint8)
-        sent = 0
+        decided: list[tuple[SlotView, Decision]] = []
         logged = False
         for view in self.views.slot_views(rec, int(rec["tick_time_ms"]) / 1000):
             try:
-                decision = self.instance.evaluate(view)
-            except Exception as e:      # one bad slot never stops the others
-                self.errors += 1
+                d = instance.evaluate(view)                 # type: ignore[attr-defined]
+                if strict and d is not None and not isinstance(d, Decision):
+                    raise StrategyError(f"evaluate() returned {type(d).__name__} on "
+                                        f"{view.label}, not a Decision or None")
+            except StrategyError:
+                raise
+            except Exception as e:
+                if strict:
+                    raise StrategyError(f"evaluate() raised on {view.label} at tick "
+                                        f"{view.tick}: {e!r}") from e
                 codes[view.slot] = Decided.ERROR
-                if not logged:
-                    log.warning("strategy error on %s at tick %d: %r", view.label, tick, e)
-                    logged = True
+                if count:
+                    self.errors += 1
+                    if not logged:
+                        log.warning("strategy error on %s at tick %d: %r", view.label,
+                                    view.tick, e)
+                        logged = True
                 continue
-            if not isinstance(decision, Decision):
+            if not isinstance(d, Decision):
                 codes[view.slot] = Decided.NONE
                 continue
-            codes[view.slot] = Decided.UP if decision.outcome == "Up" else Decided.DOWN
+            codes[view.slot] = Decided.UP if d.outcome == "Up" else Decided.DOWN
+            decided.append((view, d))
+        return codes, decided
+
+    def cycle(self, rec: np.void, *, trade: bool) -> int:
+        """Evaluate every slot of tick ``rec`` once, send the new decisions (only when
+        ``trade``), commit; returns the number of intents sent."""
+        tick = int(rec["tick"])
+        trade = trade and self.trading and self.control.active_epoch == self.epoch
+        codes, decided = self.evaluate_tick(self.instance, rec)
+        sent = 0
+        for view, decision in decided if trade else ():
             key = (view.slot, view.window_start)
-            if not trade or key in self.sent:
+            if key in self.sent:
                 continue
             outcome = Outcome.UP if decision.outcome == "Up" else Outcome.DOWN
             self.intents.submit(view.slot, view.window_start, view.slug, int(outcome),
@@ -437,15 +497,7 @@ class StrategyWorker:
             t = int(rec["tick"])
             if t <= sh["after"] or t in sh["mine"] or len(sh["mine"]) >= sh["n"]:
                 continue
-            codes = np.zeros(MAX_SLOTS, dtype=np.uint8)
-            for view in self.views.slot_views(rec, int(rec["tick_time_ms"]) / 1000):
-                try:
-                    d = sh["instance"].evaluate(view)
-                except Exception:
-                    codes[view.slot] = Decided.ERROR
-                    continue
-                codes[view.slot] = (Decided.NONE if not isinstance(d, Decision) else
-                                    Decided.UP if d.outcome == "Up" else Decided.DOWN)
+            codes, _ = self.evaluate_tick(sh["instance"], rec, count=False)
             sh["mine"][t] = codes
         self.pending.clear()
         self._shadow_compare()

@@ -309,6 +309,10 @@ class Lanes:
     def active_epoch(self) -> int:
         return self.epochs[self.active] if self.active is not None else 0
 
+    def pid(self, lane: int) -> int:
+        child = self.children[lane]
+        return child.pid if child is not None else 0
+
     def alive(self, lane: int) -> bool:
         child = self.children[lane]
         return child is not None and child.proc is not None and child.proc.poll() is None

@@ -127,6 +127,8 @@ class Reload:
         self.flip_mono = 0.0
         self.drain_req_mono = 0.0
         self.old_lat_p50_ns = 0
+        self._takeover_seq = 0
+        self._retire_sent = False
         self.record_extra: dict[str, Any] = {}
 
     @property
@@ -230,8 +232,14 @@ class Reload:
             self.old = None
             self._begin_handoff(**self.lanes.newest_snapshot())
             return
+        assert self.new is not None
         self.drain_req_mono = self._now()
-        self._seq = self.lanes.send(self.old, LaneCommand.DRAIN)
+        # The standby follows the drain itself (TAKEOVER): the old worker wakes it along with
+        # us, and it restores generation G as soon as G is reported, one hop sooner.
+        self._seq = self.lanes.send(self.old, LaneCommand.DRAIN,
+                                    n=self.lanes.pid(self.new))
+        self._takeover_seq = self.lanes.send(self.new, LaneCommand.TAKEOVER, gen=self._seq,
+                                             n=self.old, epoch=self.from_epoch)
         self._go(_P.DRAIN, f"lane {self.old}", self.to.drain_s)
 
     def _step_drain(self) -> None:
@@ -243,8 +251,11 @@ class Reload:
                             "head": int(rec["head"])}
             self.old_lat_p50_ns = int(rec["lat_p50_ns"])
             self.lanes.fence(self.old, self.drained["head"])
-            self._begin_handoff(gen=self.drained["gen"], tick=self.drained["tick"],
-                                epoch=self.from_epoch, wait_decided=True)
+            self.handed = {"gen": self.drained["gen"], "tick": self.drained["tick"],
+                           "epoch": self.from_epoch}
+            self._seq = self._takeover_seq
+            self._go(_P.HANDOFF, f"generation {self.handed['gen']}, tick "
+                     f"{self.handed['tick']}", self.to.decide_s + self.to.handoff_s)
         elif ack == LaneAck.ERROR:
             self.fail("the active worker could not drain: "
                       + self.lanes.report(self.from_epoch).get("error", "?"))
@@ -260,10 +271,10 @@ class Reload:
         else:
             self._standby_check()
 
-    def _begin_handoff(self, *, gen: int, tick: int, epoch: int,
-                       wait_decided: bool = False) -> None:
+    def _begin_handoff(self, *, gen: int, tick: int, epoch: int) -> None:
+        """Hand a given generation over (no worker to drain, or it died mid-drain)."""
         self.handed = {"gen": gen, "tick": tick, "epoch": epoch}
-        self._seq = 0 if wait_decided else self._send_handoff()
+        self._seq = self._send_handoff()
         self._go(_P.HANDOFF, f"generation {gen}, tick {tick}",
                  self.to.decide_s + self.to.handoff_s)
 
@@ -273,45 +284,61 @@ class Reload:
 
     def _step_handoff(self) -> None:
         assert self.new is not None and self.handed is not None
-        if not self._seq:                   # first: every old intent below H decided
-            assert self.drained is not None and self.old is not None
-            if self.lanes.decided(self.old) >= self.drained["head"]:
-                self._seq = self._send_handoff()
-            elif self._late():
-                self.fail("the position worker did not decide the old lane's intents "
-                          f"up to {self.drained['head']} in time")
-            return
         ack = self._ack(self.new)
-        if ack == LaneAck.OK:
-            self._go(_P.FLIP)
-            self._flip()
-        elif ack == LaneAck.ERROR:
+        if ack == LaneAck.ERROR:
             self.fail("handoff: " + self.lanes.report(self.to_epoch).get("error", "?"))
-        elif self.lanes.standby_failure(self.new):
+            return
+        if ack == LaneAck.OK:
+            rec = self.lanes.lane_record(self.new)
+            got = {"gen": int(rec["gen"]), "tick": int(rec["tick"])}
+            if got != {"gen": self.handed["gen"], "tick": self.handed["tick"]}:
+                self.fail(f"the standby restored {got}, not {self.handed}")
+                return
+            # every intent the old worker sent is decided while its epoch is still active:
+            # none is refused as stale, and its `sent` keys are all in generation G
+            if self.drained is None or self.lanes.decided(self.old or 0) >= \
+                    self.drained["head"]:
+                self._go(_P.FLIP)
+                self._flip()
+                return
+        if self.lanes.standby_failure(self.new):
             self.fail(f"handoff: {self.lanes.standby_failure(self.new)}")
         elif self._late():
-            self.fail("the standby did not take the handoff in time")
+            self.fail("the hand-over did not complete in time (standby restore "
+                      f"{'done' if ack == LaneAck.OK else 'pending'}, position worker "
+                      f"decided {self.lanes.decided(self.old or 0)} of "
+                      f"{self.drained['head'] if self.drained else '-'})")
 
     def _flip(self) -> None:
         assert self.new is not None
         self.lanes.flip(self.new, self.to_epoch)
         self.flip_mono = self._now()
-        if self.old is not None:
-            self.lanes.send(self.old, LaneCommand.RETIRE)
-        self._go(_P.RETIRE, f"epoch {self.to_epoch} active", self.to.retire_s)
+        self._retire_sent = False
+        self._go(_P.RETIRE, f"epoch {self.to_epoch} active")
 
     def _step_flip(self) -> None:       # pragma: no cover - _flip moves on at once
         self._flip()
 
     def _step_retire(self) -> None:
         assert self.new is not None
+        rec = self.lanes.lane_record(self.new)
+        evaluated = int(rec["active_tick"]) > 0
+        waited = self._now() - self.flip_mono
+        if not self._retire_sent and (evaluated or waited > self.to.first_tick_s
+                                      or not self.lanes.alive(self.new)):
+            # The old worker (drained, fenced, no longer the active epoch) exits only once
+            # the new one evaluated its first tick: a process tearing down competes for the
+            # CPU, and on two cores that shows in the first tick's latency.
+            self._retire_sent = True
+            if self.old is not None:
+                self.lanes.send(self.old, LaneCommand.RETIRE)
+            self._deadline = self._now() + self.to.retire_s
+        if not self._retire_sent:
+            return
         old_gone = self.old is None or not self.lanes.alive(self.old)
         if not old_gone and self._late():
             self.lanes.kill(self.old)
             return
-        rec = self.lanes.lane_record(self.new)
-        evaluated = int(rec["active_tick"]) > 0
-        waited = self._now() - self.flip_mono
         if old_gone and (evaluated or waited > self.to.first_tick_s
                          or not self.lanes.alive(self.new)):
             self.result = self.result or "ok"

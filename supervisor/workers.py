@@ -15,7 +15,6 @@ APP_LOAD_ERROR) mean restarting cannot help, so the worker goes straight to FAIL
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import enum
 import functools
@@ -35,6 +34,11 @@ from core.proc import NO_RESTART_EXITS
 log = logging.getLogger("supervisor.workers")
 
 _PR_SET_PDEATHSIG = 1
+# Loaded here, once: loading a library in the forked child (preexec_fn) is not safe.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:      # pragma: no cover - not glibc
+    _LIBC = None
 
 
 def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child, before exec
@@ -43,8 +47,8 @@ def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child, befo
     Runs in the forked child before exec (``preexec_fn``), so it only makes syscalls: no
     logging, no locks. ``parent_pid`` is the supervisor's pid, taken before the fork.
     """
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     # The death signal only covers a parent that dies *after* the prctl. If the supervisor
     # died between the fork and the prctl, we were already reparented (to init or a
     # subreaper) and no signal will ever come: exit now rather than run as an orphan.

@@ -1,6 +1,7 @@
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -102,7 +103,8 @@ def test_die_with_parent_exits_when_the_parent_is_already_gone(expected: str, co
     before the prctl (here: any pid but the real parent's) makes it exit 1 at once."""
     prog = ("import os; from supervisor.workers import _die_with_parent; "
             f"_die_with_parent({expected}); raise SystemExit(0)")
-    p = subprocess.run([sys.executable, "-c", prog], capture_output=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", prog], capture_output=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == code, p.stderr.decode()
 
 
