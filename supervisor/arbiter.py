@@ -406,6 +406,13 @@ class Supervisor:
         self.control.heartbeat(WorkerSlot.SUPERVISOR, now)
         for name, child in self.children.items():
             child.enforce_stop()
+            if child.state == ChildState.STARTING and \
+                    time.monotonic() - child.started_at > self.cfg.start_timeout:
+                # a restarted child that never becomes ready is hung, like a silent one
+                log.error("%s (pid %d) not ready %.0fs after its start: terminating", name,
+                          child.pid, self.cfg.start_timeout)
+                child.terminate()
+                continue
             if child.state != ChildState.RUNNING or name not in _SLOTS:
                 continue
             w = self.control.worker(_SLOTS[name])

@@ -54,7 +54,7 @@ class CommandDesk:
 
     def sighup(self) -> None:
         """systemd's ExecReload: reload the current strategy file (re-read from disk)."""
-        cur = self.lanes.current
+        cur = self.lanes.latest_deployment()
         if cur is None:
             log.warning("SIGHUP: no strategy deployed yet; ignored")
             return

@@ -106,6 +106,14 @@ class Lanes:
         log.info("reload queued (%s): %s %s", req.trigger, req.deployment.source,
                  req.deployment.short)
 
+    def latest_deployment(self) -> Deployment | None:
+        """The deployment that is, or is about to be, current (SIGHUP re-reads its file)."""
+        if self.queue:
+            return self.queue[-1].deployment
+        if self.reload is not None:
+            return self.reload.req.deployment
+        return self.current
+
     @property
     def busy(self) -> bool:
         return self.reload is not None or bool(self.queue)

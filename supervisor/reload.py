@@ -347,7 +347,9 @@ class Reload:
     def _step_rollback(self) -> None:
         if self.new is not None:
             self.lanes.discard_standby(self.new)
-        if self.old is not None and self.lanes.alive(self.old) and self.drained is not None:
+        if self.old is not None and self.lanes.alive(self.old) and self.drain_req_mono:
+            # asked to drain (maybe still draining, maybe drained): trade again. A RESUME
+            # that overtakes the DRAIN in the mailbox leaves the worker ACTIVE, as it was.
             self.lanes.fence(self.old, None)
             self.lanes.send(self.old, LaneCommand.RESUME)
         self.result = self.result or "rolled_back"

@@ -98,6 +98,15 @@ def test_kill_minus_nine_in_each_phase_then_sigterm_mid_reload(bot: Bot) -> None
     epoch = rec["to_epoch"]
     bot.wait_active()
     flag.touch()
+    # the standby dies while the old worker drains: rolled back, the old worker trades on
+    rec = _kill_in_phase(bot, strategy_source("lost-standby"), "loststandby", "DRAIN", "to")
+    assert rec["result"] == "rolled_back", rec
+    s = wait_for(lambda: bot.active() if bot.lane_of_active()["fence"] is None else None,
+                 60, "the old worker resumed", bot.tail)
+    assert s["active_epoch"] == epoch
+    before = bot.lane_of_active()["evaluated"]
+    wait_for(lambda: bot.lane_of_active()["evaluated"] > before, 60, "it evaluates again",
+             bot.tail)
     rec = _kill_in_phase(bot, strategy_source("after-drain"), "afterdrain", "DRAIN", "from")
     flag.unlink()
     # the old worker died mid-drain: the verified standby took the newest snapshot
