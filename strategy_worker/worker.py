@@ -56,6 +56,7 @@ _S = StrategyState
 # behind (or a drained one that is resumed) evaluates every tick still there.
 PENDING_TICKS = TICK_RING_CAPACITY
 LATENCY_WINDOW = 256
+_NOTIFY_STATES = frozenset({_S.READY, _S.FAILED, _S.RETIRED})
 
 
 class StrategyWorker:
@@ -105,7 +106,8 @@ class StrategyWorker:
 
     def _published(self, _old: StrategyState, new: StrategyState) -> None:
         self.control.heartbeat(self.slot, self.clock.monotonic_ns(), int(new))
-        self._notify()
+        if new in _NOTIFY_STATES:      # the others are followed by an acknowledgement,
+            self._notify()             # which wakes the supervisor once, when it matters
 
     def _notify(self) -> None:
         """Wake the supervisor (SIGUSR1): a reload's critical phases must not wait for its
@@ -270,10 +272,11 @@ class StrategyWorker:
             return
         if report is not None:        # a shadow run or a takeover acknowledges when it ends
             self.control.ack_lane(self.lane, seq, True, **report)
-            self._notify()
             if cmd == LaneCommand.DRAIN and args["n"]:
-                with contextlib.suppress(ProcessLookupError):   # the standby takes over
+                # the standby is next on the hand-over's critical path: wake it first
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(args["n"], signal.SIGUSR1)
+            self._notify()
 
     def handoff(self, gen: int, tick: int, epoch: int, **_: int) -> dict:
         """Restore exactly generation ``gen`` (written by ``epoch`` at ``tick``) into a fresh
