@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ring bench-feed bench-reload sim inspect clean soak
+.PHONY: run test lint bench bench-ring bench-feed bench-reload bench-wakeup sim inspect clean soak
 
 # (Re)create the venv when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -39,8 +39,12 @@ bench-ring: $(STAMP)
 bench-feed: $(STAMP)
 	$(PY) -m feed_worker.bench
 
+# bench-reload also measures the wake-up floor (bench/wakeup.py) in the same run.
 bench-reload: $(STAMP)
 	$(PY) -m bench.reload
+
+bench-wakeup: $(STAMP)
+	$(PY) -m bench.wakeup
 
 bench: bench-ring bench-feed bench-reload
 

@@ -23,6 +23,13 @@ and prints a table. docs/benchmarks.md ("Reload") has the numbers; in short:
   is polled every 20 ms, so it includes up to 20 ms of polling).
 - Percentiles are nearest-rank (the smallest sample with at least p% of the samples at or
   below it): with 50 samples p99 is the maximum.
+- The wake-up floor (bench/wakeup.py), in the same run: before the bot starts, SIGUSR1
+  pings, 5-50 ms apart, between two processes and around a ring of three, each asleep in a
+  uvloop loop (``--wakeup-iterations`` round trips per ring, default 300; 0 skips it). The
+  hand-over's critical path is three such wake-ups in a row (supervisor -> old worker ->
+  standby -> supervisor) plus the work at each step, so handoff >= the 3-hop chain. The same
+  measurement runs once more after the reloads, with the bot still running
+  (``wakeup_bot_running``).
 - At the end the supervisor gets SIGTERM (then SIGKILL to its process group after 30 s) and
   the bench checks that no ``/dev/shm/noblink-<run id>-*`` segment is left (any leftover is
   removed and reported). Exit code 0 when the run completed, whether or not the targets were
@@ -35,7 +42,6 @@ import argparse
 import contextlib
 import datetime as dt
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -51,6 +57,8 @@ from typing import IO, Any
 
 import orjson
 
+from bench.wakeup import WakeupError, nearest_rank
+from bench.wakeup import measure as measure_wakeup
 from state.segment import PREFIX, SHM_DIR
 from supervisor.control_file import append_command, wait_for_ack
 
@@ -71,16 +79,6 @@ class BenchError(Exception):
 
 
 # --- statistics --------------------------------------------------------------------------
-
-def nearest_rank(values: Sequence[float], p: float) -> float | None:
-    """The nearest-rank percentile: the smallest value with at least ``p``% of the values at
-    or below it (p in 0..100); None for no values."""
-    if not values:
-        return None
-    s = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(s)))
-    return s[rank - 1]
-
 
 def summary(values: Sequence[float], *ps: float) -> dict[str, Any]:
     """{p50, p99, ..., max, n} over ``values``, rounded to 3 decimals (None when empty)."""
@@ -330,6 +328,21 @@ def collect(bot: Bot, args: argparse.Namespace, deadline: float,
     return samples
 
 
+def wakeup_floor(iterations: int, when: str,
+                 say: Callable[[str], None]) -> dict[str, Any] | None:
+    """bench/wakeup.py's measurement (None when skipped, ``{"error": ...}`` when it could not
+    run: the reload numbers are kept either way)."""
+    if iterations <= 0:
+        return None
+    say(f"wake-up floor {when}: {iterations} round trips in each of 3 rings ...")
+    try:
+        res = measure_wakeup(iterations)
+    except WakeupError as e:
+        say(f"warning: the wake-up measurement failed: {e}")
+        return {"error": str(e), "when": when}
+    return {**res, "when": when}
+
+
 def _num(v: object) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
@@ -467,11 +480,51 @@ def table(res: dict[str, Any]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines += _wakeup_lines(res)
     c = res["cleanup"]
     lines += ["", f"stop: {c['stop']} (exit {c['exit_code']}, {c['stop_ms']} ms); leftover "
               f"segments: {', '.join(c['leftover_segments']) or 'none'}"
               + ("; stray processes killed" if c["stray_processes"] else "")]
     return "\n".join(lines)
+
+
+def _wakeup_lines(res: dict[str, Any]) -> list[str]:
+    runs = [r for r in (res.get("wakeup"), res.get("wakeup_bot_running")) if r]
+    if not runs:
+        return []
+    lines = ["", "wake-up floor (bench/wakeup.py): SIGUSR1 into a process asleep in uvloop, "
+             "pings 5-50 ms apart; hop in us (round trip / 2), 3-hop chain A->B->C->A in ms"]
+    rows = [("wake-up (same run)", "hop p50", "hop p99", "hop max", "chain3 p50",
+             "chain3 p99", "chain3 max")]
+    failed = []
+    for run in runs:
+        if "error" in run:
+            failed.append(f"{run['when']}: the measurement failed: {run['error']}")
+            continue
+        hop, chain = run["hop_us"], run["chain3_ms"]
+        rows.append((run["when"], *(_fmt(hop[k]) for k in ("p50", "p99", "max")),
+                     *(_fmt(chain[k]) for k in ("p50", "p99", "max"))))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for j, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                   for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+    lines += failed
+    quiet = res.get("wakeup") or {}
+    if "chain3_ms" in quiet:
+        b2b = quiet.get("hop_back_to_back_us")
+        if b2b:
+            lines.append("control, pings back to back (no idle vCPU): hop p50 "
+                         f"{_fmt(b2b['p50'])}, p99 {_fmt(b2b['p99'])}, max {_fmt(b2b['max'])} us")
+        hand, chain = res["handoff_ms"], quiet["chain3_ms"]
+        lines += ["handoff >= chain3: the hand-over's critical path is three such wake-ups in a "
+                  "row (supervisor -> old worker -> standby -> supervisor) plus the work at each;",
+                  f"  handoff p50 {_fmt(hand['p50'])} / p99 {_fmt(hand['p99'])} ms, chain3 "
+                  f"(before the bot started) p50 {_fmt(chain['p50'])} / p99 "
+                  f"{_fmt(chain['p99'])} ms"]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -484,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="ticks to wait after each ack before the next command")
     ap.add_argument("--budget", type=float, default=BUDGET_S,
                     help="seconds; past it the bench gives up (exit 1)")
+    ap.add_argument("--wakeup-iterations", type=int, default=300,
+                    help="round trips of the wake-up floor measurement (0 skips it)")
     ap.add_argument("--keep-run-dir", action="store_true", help="keep the bot's run dir")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -502,10 +557,15 @@ def main(argv: list[str] | None = None) -> int:
     bot = Bot(args.speed)
     failed: str | None = None
     samples: list[Sample] = []
+    wakeup: dict[str, Any] | None = None
+    wakeup_bot: dict[str, Any] | None = None
     cleanup = bot.cleanup
     try:
         try:
+            wakeup = wakeup_floor(args.wakeup_iterations, "before the bot started", say)
             samples = collect(bot, args, t0 + args.budget, say)
+            wakeup_bot = wakeup_floor(args.wakeup_iterations, "with the bot running", say)
+            bot.check_alive()
         finally:
             cleanup = bot.stop()
     except BenchError as e:
@@ -523,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"machine": machine, **summarize(samples, args.speed)}
     res["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     res["cleanup"] = vars(cleanup)
+    res["wakeup"] = wakeup
+    res["wakeup_bot_running"] = wakeup_bot
     res["gap_ticks"] = args.gap_ticks
     res["bench_seconds"] = round(time.monotonic() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

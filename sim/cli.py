@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="binance_ws=P, binance_rest=P+1, gamma=P+2, clob=P+3, admin=P+4; "
                         "0 picks free ports")
     p.add_argument("--run-dir", type=Path, default=None,
-                   help="where sim.json goes (default $NOBLINK_RUN_DIR or /tmp/noblink-<uid>)")
+                   help="where sim.json goes (default: $NOBLINK_RUN_DIR, else "
+                   "$XDG_STATE_HOME/noblink, else ~/.local/state/noblink)")
     p.add_argument("--start", type=float, default=None,
                    help="sim time at start, unix seconds (default: now); fixes every price "
                         "together with --seed")

@@ -25,10 +25,12 @@ from state.layout import (
     INTENT_DT,
     KLINE_DT,
     MARKET_DT,
+    N_LANES,
     POSITION_DT,
     POSITION_STATS_DT,
     TICK_DT,
     WINDOW_ROW_DT,
+    LaneAck,
     Outcome,
     PositionState,
     SlotStatus,
@@ -132,10 +134,20 @@ def _control_info(cb: ControlBlock, now_mono: int) -> dict[str, Any]:
             w["heartbeat_age_s"] = round((now_mono - w["heartbeat_ns"]) / 1e9, 3)
             workers.append(w)
     epoch = cb.active_epoch
+    lanes = []
+    for lane in range(N_LANES):
+        rec = cb.lane(lane)
+        seq, cmd, _args = cb.lane_command(lane)
+        lanes.append({"lane": lane, "cmd_seq": seq, "cmd": cmd.name,
+                      "ack_seq": int(rec["ack_seq"]), "ack": LaneAck(int(rec["ack"])).name,
+                      "gen": int(rec["gen"]), "tick": int(rec["tick"]),
+                      "head": int(rec["head"]), "evaluated": int(rec["evaluated"]),
+                      "eval_errors": int(rec["eval_errors"]), "skipped": int(rec["skipped"]),
+                      "fence": cb.fence(lane), "decided": cb.decided(lane)})
     return {"run_id": cb.run_id, "active_epoch": epoch, "tick": tick, "tick_time_ms": tick_ms,
             "tick_age_s": round((now_mono - tick_mono) / 1e9, 3) if tick_mono else None,
             "paused": cb.paused, "epoch_last_tick": cb.epoch_tick(epoch) if epoch else None,
-            "workers": workers}
+            "workers": workers, "lanes": lanes}
 
 
 def _windows_info(t: TableReader, n: int) -> list[dict[str, Any]]:
@@ -208,6 +220,12 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"  {w['slot']:<16} pid={w['pid']:<7} {alive:<5}"
                          f" state={w['state']} epoch={w['epoch']} lane={w['lane']}"
                          f" heartbeat_age={w['heartbeat_age_s']}s {w['label']}")
+        for ln in c.get("lanes", []):
+            lines.append(f"  lane {ln['lane']}: cmd #{ln['cmd_seq']} {ln['cmd']}  ack "
+                         f"#{ln['ack_seq']} {ln['ack']}  gen={ln['gen']} tick={ln['tick']} "
+                         f"head={ln['head']} decided={ln['decided']} fence={ln['fence']} "
+                         f"evaluated={ln['evaluated']} errors={ln['eval_errors']} "
+                         f"skipped={ln['skipped']}")
     for ring in RINGS:
         r = doc.get(ring)
         if r:
@@ -253,7 +271,8 @@ def render(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="noblink inspect", description=__doc__)
     ap.add_argument("--run-dir", type=Path, default=None,
-                    help="run directory (default: $NOBLINK_RUN_DIR or /tmp/noblink-<uid>)")
+                    help="run directory (default: $NOBLINK_RUN_DIR, else "
+                    "$XDG_STATE_HOME/noblink, else ~/.local/state/noblink)")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--watch", nargs="?", const=1.0, type=float, metavar="SECONDS",
                     help="refresh every SECONDS (default 1) until Ctrl-C")
