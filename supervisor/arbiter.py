@@ -63,6 +63,7 @@ log = logging.getLogger("supervisor")
 
 EXIT_ESCALATED = 3
 READY_STATES = {"feed": (3, 4), "position": (3,)}
+OPTIONAL_CHILDREN = frozenset({"api"})       # their failure never stops trading
 _SLOTS = {"feed": WorkerSlot.FEED, "position": WorkerSlot.POSITION}
 SNAPSHOT_FILE = "snapshot.json"
 DEFAULT_STRATEGY = Path(__file__).resolve().parent.parent / "strategies" / "momentum.py"
@@ -83,6 +84,9 @@ class SupervisorConfig:
     probation_ticks: int = 12
     probation_max_errors: int = 3
     reload_timeouts: ReloadTimeouts | None = None
+    api: str | None = None               # the HTTP API's HOST:PORT (port 0: a free one)
+    api_allow_remote: bool = False
+    api_public_read: bool = False
     extra: dict[str, list[str]] = field(default_factory=dict)   # per-child extra argv
 
 
@@ -279,6 +283,14 @@ class Supervisor:
             "-m", "position_worker", "--run-dir", rd, *mode, *live, "--stake",
             str(self.cfg.stake), *ex.get("position", [])],
             heartbeat_timeout=self.cfg.heartbeat_timeout))
+        if self.cfg.api:
+            # the HTTP API is a client of the file contract like the CLI: its own process,
+            # so a slow client or a flood never touches this loop or a trading process
+            api = ["--listen", self.cfg.api,
+                   *(["--allow-remote"] if self.cfg.api_allow_remote else []),
+                   *(["--public-read"] if self.cfg.api_public_read else [])]
+            specs.append(ChildSpec("api", lambda: ["-m", "api_worker", "--run-dir", rd, *api,
+                                                   *ex.get("api", [])]))
         return specs
 
     def _sim_start_args(self) -> list[str]:
@@ -294,8 +306,15 @@ class Supervisor:
             child = Child(spec, log_dir)
             self.children[spec.name] = child
             self._start(child)
-            if not self._wait_ready(child):
-                return                          # a stop signal came during start-up
+            try:
+                if not self._wait_ready(child):
+                    return                      # a stop signal came during start-up
+            except OperatorError as e:
+                if spec.name not in OPTIONAL_CHILDREN:
+                    raise
+                log.error("%s; the bot runs without it (the restart policy retries)", e)
+                if child.state == ChildState.EXITED:
+                    child.plan_restart()
         self.desk.start_strategy(self.cfg.strategy or DEFAULT_STRATEGY, self.cfg.params)
 
     def _start(self, child: Child) -> None:
@@ -317,6 +336,12 @@ class Supervisor:
             self.sim_clock = Clock.from_dict(info["clock"])
             self._write_run_json()
             return True
+        if name == "api":                    # listening: it wrote api.json with its pid
+            try:
+                return int(load_json(str(self.paths.run_dir / "api.json")).get("pid", 0)) \
+                    == child.pid
+            except (OSError, ValueError):
+                return False
         w = self.control.worker(_SLOTS[name])
         # feed: RUNNING(3) or DEGRADED(4), i.e. windows backfilled; position: RUNNING(3),
         # i.e. journal replayed and reconciled
@@ -397,6 +422,9 @@ class Supervisor:
                 continue
             log.warning("%s (pid %d) exited with code %s", name, child.pid, code)
             if not child.plan_restart():
+                if name in OPTIONAL_CHILDREN:
+                    log.error("%s failed for good: the bot trades on without it", name)
+                    continue
                 log.critical("%s failed for good: stopping the bot", name)
                 self.exit_code = EXIT_ESCALATED
 
@@ -484,7 +512,7 @@ class Supervisor:
                 self.lanes.stop_all()
             with _logged("saving the strategy snapshot"):
                 self._save_snapshot_file()
-        for name in ("position", "feed", "sim"):
+        for name in ("api", "position", "feed", "sim"):
             child = self.children.get(name)
             if child is None:
                 continue
