@@ -86,6 +86,7 @@ class Lanes:
         self.deployed: list[Deployment | None] = [None] * N_LANES
         self.active: int | None = None
         self.current: Deployment | None = None
+        self.last_requested: Deployment | None = None
         self.queue: collections.deque[ReloadRequest] = collections.deque()
         self.reload: Reload | None = None
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=KEEP_RELOADS)
@@ -103,6 +104,7 @@ class Lanes:
     def request(self, req: ReloadRequest) -> None:
         """Queue a reload; it starts when the one before it has finished."""
         self.queue.append(req)
+        self.last_requested = req.deployment
         log.info("reload queued (%s): %s %s", req.trigger, req.deployment.source,
                  req.deployment.short)
 
@@ -112,7 +114,8 @@ class Lanes:
             return self.queue[-1].deployment
         if self.reload is not None:
             return self.reload.req.deployment
-        return self.current
+        # nothing active yet (a strategy that failed at start): the file it was started with
+        return self.current or self.last_requested
 
     @property
     def busy(self) -> bool:
@@ -173,9 +176,10 @@ class Lanes:
         self._on_change()
 
     def _exit_code(self, lane: int | None) -> int | None:
-        if lane is None or self.children[lane] is None:
+        child = None if lane is None else self.children[lane]
+        if child is None or child.proc is None:
             return None
-        return self.children[lane].last_exit      # type: ignore[union-attr]
+        return child.proc.poll()       # reaped or not: the code the standby exited with
 
     def _load_history(self) -> None:
         with contextlib.suppress(OSError):

@@ -163,3 +163,24 @@ def test_twenty_reloads_keep_every_tick_and_roll_back_every_broken_file(bot: Bot
     assert all(n == 1 for n in posts.values()), "one order per (slot, window)"
     assert len({(o["slot"], o["window_start"]) for o in bot.journal_orders()}) == \
         len(bot.journal_orders())
+
+
+def test_a_broken_strategy_at_start_leaves_feed_and_positions_up_until_a_good_reload(
+        tmp_path: Path) -> None:
+    bot = Bot(tmp_path, strategy="import no_such_module_at_start\n")
+    try:
+        s = wait_for(lambda: (bot.status().get("strategy") or {}).get("failed") and bot.status(),
+                     120, "the strategy given up", bot.tail)
+        assert "ModuleNotFoundError" in s["strategy"]["failed"]
+        assert s["active_epoch"] == 0 and bot.proc.poll() is None
+        assert [r["trigger"] for r in s["reloads"]] == ["start"]    # exit 4: not retried
+        assert s["workers"]["feed"]["state"] == "RUNNING"
+        assert s["workers"]["position"]["state"] == "RUNNING"
+        bot.wait_ticks(2)                                           # the feed goes on
+        _, rec = bot.deploy(strategy_source("fixed"), "fixed")
+        assert rec["result"] == "ok" and rec["trigger"] == "command", rec
+        assert bot.wait_active()["strategy"]["failed"] is None
+        assert bot.stop() == 0, bot.tail()
+    finally:
+        bot.kill_everything()
+    assert not bot.leftovers()
