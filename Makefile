@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ring bench-feed bench-reload bench-wakeup sim inspect clean soak
+.PHONY: run test lint bench bench-ring bench-feed bench-reload bench-wakeup sim inspect clean soak test-dashboard
 
 # (Re)create the venv when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -23,6 +23,11 @@ sim: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# Mission Control in headless chromium (Debian's chromium + chromium-driver; `.ci/run` installs
+# them): screenshot in test-output/dashboard.png.
+test-dashboard: $(STAMP)
+	$(PY) -m pytest -q tests/api_worker/test_dashboard.py $(ARGS)
 
 soak: $(STAMP)
 	$(PY) -m pytest -q -m slow $(ARGS)

@@ -19,7 +19,7 @@ docs/benchmarks.md ("Reload") has the numbers. The method:
 - The pipes to the children carry only the setup (pids) and the result, never a wake-up.
   The first ``WARMUP`` round trips are left out. A ping not answered within ``PING_TIMEOUT_S``
   is counted in ``timeouts`` and left out. Percentiles are nearest-rank (with 300 samples
-  p99 is the 297th smallest, below the max).
+  p99 is the 297th smallest value, not the largest).
 - The processes are not pinned (the bot's are not either); the scheduler places them.
   Children are stopped with SIGTERM, then SIGKILL after a grace, also when the run fails.
 """

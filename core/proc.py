@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
+
+from core import logs
+from core.logs import LOG_FORMAT as LOG_FORMAT
 
 # Exit codes every worker uses. The supervisor restarts a worker only after EXIT_CRASH (or a
 # signal); the others mean "restarting cannot help" (gunicorn's WORKER_BOOT_ERROR idea).
@@ -19,12 +21,12 @@ EXIT_OPERATOR = 3       # needs a human: lock held, credentials, layout mismatch
 EXIT_BROKEN_CODE = 4    # the (strategy) code does not load
 NO_RESTART_EXITS = frozenset({EXIT_USAGE, EXIT_OPERATOR, EXIT_BROKEN_CODE})
 
-LOG_FORMAT = "%(asctime)s %(levelname).1s %(processName)s[%(process)d] %(name)s: %(message)s"
 
-
-def setup_logging(level: str | None = None) -> None:
-    logging.basicConfig(level=(level or os.environ.get("NOBLINK_LOG", "INFO")).upper(),
-                        format=LOG_FORMAT, stream=sys.stderr, force=True)
+def setup_logging(level: str | None = None, *, role: str | None = None,
+                  run_dir: Path | None = None, epoch: int | None = None) -> Path | None:
+    """The old entry point (``setup_logging(level)``): see :func:`core.logs.setup_logging`,
+    which new code calls directly (its first argument is the role)."""
+    return logs.setup_logging(role, level=level, run_dir=run_dir, epoch=epoch)
 
 
 def private_umask() -> None:

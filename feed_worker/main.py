@@ -27,8 +27,9 @@ from pathlib import Path
 from core.clock import Clock, ClockLike
 from core.config import Endpoints, Mode, load_json
 from core.errors import OperatorError
+from core.logs import setup_logging
 from core.markets import KLINE_INTERVALS, SYMBOLS
-from core.proc import install_stop_signals, run_async, setup_logging
+from core.proc import install_stop_signals, run_async
 from feed_worker.backfill import Backfiller, BinanceRest, sleep_wall
 from feed_worker.binance_ws import BinanceStream
 from feed_worker.config import FeedConfig
@@ -303,5 +304,5 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging(args.log_level)
+    setup_logging("feed", level=args.log_level, run_dir=args.run_dir or default_run_dir())
     return run_async(lambda: amain(args))

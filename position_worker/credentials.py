@@ -9,7 +9,9 @@ malformed one is refused without echoing it. Sim mode uses a throwaway key deriv
 and derives its API key from the sim.
 
 The object's repr shows which parts are present, never their values; nothing in this package
-logs or writes them to status.
+logs or writes them to status. Every secret part is registered with the log redactor as the
+object is made (core/logs.py ``register_secret``), so even a library that logs it verbatim
+prints ``[REDACTED]``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import orjson
 
 from core.errors import OperatorError
+from core.logs import register_secret
 
 ENV = {
     "private_key": "NOBLINK_PK",
@@ -51,6 +54,10 @@ class Credentials:
     api_passphrase: str = ""
     funder: str = ""
     signature_type: int | None = None
+
+    def __post_init__(self) -> None:
+        for value in (self.private_key, self.api_key, self.api_secret, self.api_passphrase):
+            register_secret(value)
 
     def __repr__(self) -> str:
         present = [k for k in ("private_key", "api_key", "api_secret", "api_passphrase")

@@ -18,6 +18,10 @@ Money-safety rules, in the order they bite:
    shown no trace of it until well after its window closed.
 4. Fills found on the exchange for an order the journal had failed are adopted: the money
    was spent, so the position exists.
+5. The kill switch (``kill``): with the flag set nothing new is sent (rules 2 and the PAUSED
+   reject); sends already under way get a moment to reach their reply, then every open order
+   at the venue is cancelled, the venue is checked to hold none, the cancel is journaled
+   (event ``kill``) and only then is kill_done set for the supervisor.
 """
 
 from __future__ import annotations
@@ -148,6 +152,42 @@ class Engine:
 
     def paused(self) -> bool:
         return self.control.paused or self.control.killed
+
+    # -- the kill switch --------------------------------------------------------------------
+
+    def kill_due(self) -> bool:
+        """The supervisor set the kill flag and it is not carried out yet (no kill_done)."""
+        return self.control.killed and not self.control.kill_confirmed
+
+    async def kill(self, drain_s: float = 5.0) -> int:
+        """Carry out the kill switch; returns the number of orders the venue cancelled.
+
+        Intake already refuses (PAUSED) and no unsent order passes ``send_blocked``. A send
+        under way may still leave an order resting (a delayed one), so those get up to
+        ``drain_s`` to reach their reply first. Then cancel-all, and the venue must list no
+        open order afterwards; anything else raises (RetryableError: the caller tries again)
+        and kill_done stays clear. kill_done is set only after the journal's ``kill`` event
+        is durable, and only while the kill flag is still set (a resume meanwhile wins)."""
+        sending = set(self.tasks)
+        if sending:
+            _done, late = await asyncio.wait(sending, timeout=drain_s)
+            if late:
+                log.warning("kill: %d send(s) still in flight after %.0fs; cancelling anyway",
+                            len(late), drain_s)
+        canceled = await self.executor.cancel_all()
+        left = await self.executor.open_orders()
+        if left:
+            raise RetryableError(f"kill: the venue still lists {len(left)} open order(s) "
+                                 "after cancel-all")
+        with self.journal.transaction():
+            self.journal.event("", "kill", {"canceled": canceled, "in_flight": len(sending),
+                                            "executor": self.executor.name})
+        if self.control.killed:
+            self.control.set_kill_confirmed(True)
+        log.warning("kill switch carried out: %d open order(s) canceled at the venue; trading "
+                    "stays paused until an operator resumes", canceled)
+        self.publish(force=True)
+        return canceled
 
     def lane_epoch(self, lane: int) -> int:
         """The epoch registered by the strategy worker that holds ``lane``'s slot (0: none)."""

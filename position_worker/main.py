@@ -9,6 +9,9 @@ orders reach a journaled reply first.
 
 Loops while running: intake (both intent lanes, decisions serialised), settlement, lookups +
 reconciliation, and the heartbeat (every 0.25 s wall, also during start-up and recovery).
+The heartbeat also watches the control block's flags: a kill switch set by the supervisor
+(and not yet carried out) starts ``Engine.kill`` in its own task once the worker is RUNNING;
+a failed attempt is retried a second later.
 An ``OperatorError`` inside a loop stops the whole worker (exit 3) instead of silently ending
 that loop while the worker still reports RUNNING.
 
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +44,13 @@ from core.errors import (
     RetryableError,
     SegmentMissingError,
 )
+from core.logs import setup_logging
 from core.proc import (
     EXIT_CRASH,
     EXIT_OPERATOR,
     EXIT_USAGE,
     install_stop_signals,
     run_async,
-    setup_logging,
 )
 from position_worker.credentials import Credentials, load_live
 from position_worker.engine import Engine, EngineConfig
@@ -65,15 +69,12 @@ from state.layout import WorkerRole
 from state.run import RunPaths
 
 log = logging.getLogger("position_worker")
-# Loggers that print request headers (API key, passphrase, signature) at DEBUG: hpack/h2 log
-# every encoded header of an HTTP/2 request. Never below WARNING, whatever --log-level says.
-CHATTY_LOGGERS = ("hpack", "h2", "httpcore", "httpx")
 
 
-def configure_logging(level: str | None) -> None:
-    setup_logging(level)
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+def configure_logging(level: str | None, run_dir: Path | None = None) -> None:
+    """stderr plus <run dir>/logs/position.jsonl, secrets masked; the HTTP/2 libraries that
+    print request headers at DEBUG stay at WARNING (core/logs.py)."""
+    setup_logging("position", level=level, run_dir=run_dir)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -160,6 +161,8 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._clean = False          # set only after an orderly stop: may unlink then
         self._fatal: OperatorError | None = None     # a loop needs an operator: stop
+        self._kill_task: asyncio.Task[None] | None = None
+        self._kill_retry_at = 0.0                     # time.monotonic() of the next attempt
 
     async def _wait_stop(self, wall_s: float) -> bool:
         """Sleep ``wall_s`` or until stop; True when stopping."""
@@ -190,8 +193,31 @@ class Worker:
                                    state=int(self.life.state))
             if self.life.state == WorkerState.RUNNING:
                 self.engine.flush_status()
+                self._check_kill()
             if await self._wait_stop(0.25):
                 return
+
+    def _check_kill(self) -> None:
+        """Start carrying out the kill switch when it is due and no attempt is running."""
+        if self._kill_task is not None and not self._kill_task.done():
+            return
+        if self.stop.is_set() or not self.engine.kill_due() \
+                or time.monotonic() < self._kill_retry_at:
+            return
+        log.warning("kill switch set: cancelling every open order at the venue")
+        self._kill_task = asyncio.ensure_future(self._kill())
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(self._kill_task)        # cancelled with the loops on stop
+
+    async def _kill(self) -> None:
+        try:
+            await self.engine.kill()
+        except RetryableError as e:
+            log.error("kill switch not carried out yet: %s; retrying in 1s", e)
+            self._kill_retry_at = time.monotonic() + 1.0
+        except Exception:
+            log.exception("kill switch not carried out yet; retrying in 1s")
+            self._kill_retry_at = time.monotonic() + 1.0
 
     async def run(self) -> int:
         args = self.args
@@ -349,7 +375,7 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.run_dir)
     try:
         return run_async(Worker(args).run)
     except UsageError as e:

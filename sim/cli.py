@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import urllib.error
@@ -13,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from core.logs import setup_logging
 from sim.context import SimConfig
 from state.run import default_run_dir
 
@@ -50,8 +50,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run the simulator until SIGTERM or SIGINT; prints one JSON line with its endpoints."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         cfg = SimConfig(speed=args.speed, seed=args.seed, port_base=args.port_base,
                         run_dir=args.run_dir or default_run_dir(), start=args.start,
@@ -61,6 +59,7 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"noblink sim: {e}", file=sys.stderr)
         return 2
+    setup_logging("sim", level=args.log_level, run_dir=cfg.run_dir)
     try:
         import uvloop
         uvloop.install()

@@ -19,7 +19,10 @@ themselves so that one writer's stores do not invalidate another's line:
                                    started_ns, label  (one cache line each)
     768   16*8   epoch_ticks[8]    EPOCH_TICK_DT: last tick evaluated by strategy epoch e, at
                                    index e % 8
-    896   8      flags             u8 paused, u8 kill, 6 reserved
+    896   8      flags             u8 paused     (supervisor: open no new position)
+                                   u8 kill       (supervisor: the kill switch, see below)
+                                   u8 kill_done  (position worker: kill carried out)
+                                   5 reserved
     904   56     reserved
     960   8*2    decided[2]        u64: the next intent seq of lane l the position worker has
                                    not decided yet (it writes it after journaling a decision)
@@ -29,6 +32,12 @@ themselves so that one writer's stores do not invalidate another's line:
     992   32     reserved
     1024  384*2  lanes[2]          LANE_DT: the supervisor <-> strategy worker mailbox of lane
                                    l (commands, drain/handoff reports, decisions per tick)
+
+The kill switch is a handshake over the flags. The supervisor's ``kill`` clears kill_done,
+then sets paused and kill; the position worker, seeing kill set and kill_done clear, refuses
+intents (PAUSED), cancels every open order at the venue, journals it and only then sets
+kill_done, which is what the supervisor acknowledges. An operator's ``resume`` clears all
+three. kill_done is set by the position worker alone and cleared by the supervisor alone.
 
 Worker slot indices are fixed: see ``WorkerSlot``. Fields written by one process and read by
 another are whole aligned u64 words (one store each on x86-64), and every multi-field
@@ -65,12 +74,14 @@ _OFF_TICK = 192
 _OFF_WORKERS = 256
 _OFF_EPOCH_TICKS = 768
 _OFF_FLAGS = 896
+FLAGS = ("paused", "kill", "kill_done")     # one byte each from _OFF_FLAGS, in this order
 _OFF_DECIDED = 960
 _OFF_FENCE = 976
 _OFF_LANES = 1024
 PAYLOAD_SIZE = _OFF_LANES + N_LANES * LANE_DT.itemsize - HEADER_SIZE
 CONTROL_HASH = layout_hash("control", WORKER_DT, EPOCH_TICK_DT, MAX_WORKERS, MAX_EPOCH_TICKS,
-                           LANE_DT, N_LANES, _OFF_DECIDED, _OFF_FENCE, _OFF_LANES)
+                           LANE_DT, N_LANES, _OFF_FLAGS, FLAGS, _OFF_DECIDED, _OFF_FENCE,
+                           _OFF_LANES)
 NO_FENCE = (1 << 64) - 1
 
 
@@ -180,6 +191,17 @@ class ControlBlock:
 
     def set_killed(self, killed: bool) -> None:
         self._buf[_OFF_FLAGS + 1] = int(killed)
+
+    @property
+    def kill_confirmed(self) -> bool:
+        """kill_done: the position worker has cancelled every open order since the kill flag
+        was last set (see the module doc for the handshake)."""
+        return bool(self._buf[_OFF_FLAGS + 2])
+
+    def set_kill_confirmed(self, done: bool) -> None:
+        """The position worker sets it after its cancel-all; the supervisor clears it (kill,
+        resume)."""
+        self._buf[_OFF_FLAGS + 2] = int(done)
 
     # -- intent lanes: decided cursor (position worker) and fence (supervisor) --------------
 

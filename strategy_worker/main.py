@@ -110,8 +110,8 @@ async def _amain(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
     args = _parse(argv)
+    setup_logging(role=f"strategy{args.lane}", run_dir=args.run_dir, epoch=args.epoch)
     log.info("strategy worker pid %d: %s epoch %d lane %d", os.getpid(), args.strategy.name,
              args.epoch, args.lane)
     return run_async(lambda: _amain(args))

@@ -53,9 +53,10 @@ from state.run import SNAPSHOT_CAPACITY, RunPaths, new_run_id, prepare_run_dir
 from state.segment import scan_segments
 from state.snapshot import SnapshotRegion
 from supervisor.commands import CommandDesk
-from supervisor.console import Console
+from supervisor.console import Console, summary
 from supervisor.lanes import LaneConfig, Lanes
 from supervisor.reload import ReloadTimeouts
+from supervisor.sdnotify import Notifier
 from supervisor.status import StatusWriter
 from supervisor.workers import Child, ChildSpec, ChildState
 
@@ -134,6 +135,9 @@ class Supervisor:
         self.status: StatusWriter | None = None
         self.console: Console | None = None
         self._status_due = 0.0
+        self.sd = Notifier()             # systemd (Type=notify): a no-op outside it
+        self._sd_ready = False
+        self._sd_reloading = False
 
     # -- signals: enqueue only ------------------------------------------------------------
 
@@ -244,6 +248,12 @@ class Supervisor:
         try:
             doc = orjson.loads(f.read_bytes())
             data = bytes.fromhex(doc["data"])
+            state = orjson.loads(data)
+            if isinstance(state, dict):
+                # the ticks of the run that saved it are not this run's: the feed counts
+                # from 1 again, and a handoff discards ticks <= the snapshot's tick
+                state["tick"] = 0
+                data = orjson.dumps(state)
             self.snapshot.write(data, schema_version=int(doc["schema_version"]), epoch=0)
             log.info("strategy state restored from %s", f)
         except (ValueError, KeyError, OSError) as e:
@@ -391,6 +401,7 @@ class Supervisor:
                 self.start_due()
                 self.poll_commands()
                 self.step_lanes()
+                self.notify_systemd()
                 self.write_status()
         except OperatorError as e:
             log.error("%s", e)
@@ -461,10 +472,30 @@ class Supervisor:
     def poll_commands(self) -> None:
         assert self.desk is not None
         self.desk.poll()
+        self.desk.step()         # acknowledge a kill once the position worker confirmed it
 
     def step_lanes(self) -> None:
         assert self.lanes is not None
         self.lanes.step()
+
+    def notify_systemd(self) -> None:
+        """READY once the first strategy is active (or cannot start: the bot is up, not
+        trading; otherwise systemd would kill it at TimeoutStartSec and loop), RELOADING
+        while any reload is in flight, and the watchdog on every loop turn."""
+        assert self.lanes is not None
+        self.sd.watchdog()               # sent at most every WatchdogSec/4
+        if not self._sd_ready:
+            if self.lanes.active is not None or self.lanes.failed_for_good is not None:
+                self._sd_ready = True
+                self.sd.ready()
+            return
+        busy = self.lanes.busy
+        if busy and not self._sd_reloading:
+            self._sd_reloading = True
+            self.sd.reloading()
+        elif not busy and self._sd_reloading:
+            self._sd_reloading = False
+            self.sd.ready()
 
     def write_status(self, *, force: bool = False) -> None:
         """At most every 0.25 s (and at once after a reload or command finished)."""
@@ -477,6 +508,7 @@ class Supervisor:
                                 mode=self.cfg.mode)
         if self.console is not None:
             self.console.update(doc)
+        self.sd.status(summary(doc))
 
     # -- shut-down ------------------------------------------------------------------------
 
@@ -485,6 +517,7 @@ class Supervisor:
 
         Each step is guarded: a failing step (a status file that cannot be written, say)
         must not leave children running or segments in /dev/shm."""
+        self.sd.stopping()
         if self.console is not None:
             self.console.close()
             self.console = None
@@ -505,6 +538,7 @@ class Supervisor:
                          len(removed))
             os.close(self._wake_r)
             os.close(self._wake_w)
+            self.sd.close()
 
     def _stop_children(self) -> None:
         if self.lanes is not None:

@@ -3,12 +3,25 @@
     noblink run [--mode sim|paper|live] [--live] [--speed N] [--run-dir DIR] ...
     noblink reload [--strategy FILE | --previous | --to SHA] [--params JSON] [--shadow N]
                    [--dry-run] [--timeout S] [--json] [--run-dir DIR]
-    noblink pause | resume | stop [--run-dir DIR]
+    noblink params get [--json] [--run-dir DIR]
+    noblink params set JSON [--json] [--run-dir DIR]
+    noblink pause | resume | kill | stop [--json] [--timeout S] [--run-dir DIR]
     noblink status [--json] [--run-dir DIR]
+    noblink positions [--json] [--limit N] [--run-dir DIR]
+    noblink logs [NAME] [-f|--follow] [-n N] [--run-dir DIR]
     noblink sim [--speed N] [--seed S] [--port-base P] [--run-dir DIR]
     noblink sim-fault ...
     noblink inspect [--run-dir DIR] [--json] [--watch]
     noblink clean           remove segments left by dead runs
+
+`params set` reloads the current strategy version with new params (verified like any reload).
+`kill` pauses and cancels every open order at the venue, acknowledged once the position worker
+confirms; `resume` clears pause and kill. `positions` reads the journal (open orders, recent
+settled ones with PnL), `logs` the workers' logs in <run dir>/logs/ (all of them, each line
+prefixed by its name, unless NAME is given; --follow until Ctrl-C).
+
+Exit codes of the commands and queries against a bot: 0 ok, 1 refused, rolled back or failed
+(the reason on stderr), 2 bad usage, 3 no bot answered (docs/commands.md).
 """
 
 from __future__ import annotations
@@ -32,15 +45,26 @@ def _run(argv: list[str]) -> int:
     ap.add_argument("--strategy", type=Path, default=None, help="strategy file")
     ap.add_argument("--params", default="{}", help="strategy params (JSON object)")
     ap.add_argument("--stake", type=float, default=5.0)
+    ap.add_argument("--api", default="127.0.0.1:8787", metavar="HOST:PORT",
+                    help="the HTTP API and dashboard (default 127.0.0.1:8787; port 0: any "
+                    "free port); a non-loopback host needs --api-allow-remote")
+    ap.add_argument("--api-allow-remote", action="store_true",
+                    help="allow --api on a non-loopback address (then say so in the log)")
+    ap.add_argument("--api-public-read", action="store_true",
+                    help="GET routes without the token (mutating ones always need it)")
+    ap.add_argument("--no-api", action="store_true", help="run without the HTTP API")
     args = ap.parse_args(argv)
     if args.mode == "live" and not args.live:
         print("noblink run: --mode live trades real money and needs --live as well",
               file=sys.stderr)
         return 2
-    setup_logging()
+    setup_logging(role="supervisor", run_dir=args.run_dir or default_run_dir())
     cfg = SupervisorConfig(run_dir=args.run_dir or default_run_dir(), mode=args.mode,
                            live=args.live, speed=args.speed, seed=args.seed,
-                           strategy=args.strategy, params=args.params, stake=args.stake)
+                           strategy=args.strategy, params=args.params, stake=args.stake,
+                           api=None if args.no_api else args.api,
+                           api_allow_remote=args.api_allow_remote,
+                           api_public_read=args.api_public_read)
     return Supervisor(cfg).run()
 
 
@@ -92,12 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "reload":
         from supervisor.ctl import reload_main
         return reload_main(rest)
-    if cmd in ("pause", "resume", "stop"):
+    if cmd in ("pause", "resume", "stop", "kill"):
         from supervisor.ctl import simple_main
         return simple_main(cmd, rest)
+    if cmd == "params":
+        from supervisor.ctl import params_main
+        return params_main(rest)
     if cmd == "status":
         from supervisor.ctl import status_main
         return status_main(rest)
+    if cmd == "positions":
+        from supervisor.ctl import positions_main
+        return positions_main(rest)
+    if cmd == "logs":
+        from supervisor.ctl import logs_main
+        return logs_main(rest)
     print(f"noblink: unknown command {cmd!r} (try --help)", file=sys.stderr)
     return 2
 

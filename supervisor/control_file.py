@@ -7,7 +7,9 @@ The operator (the ``noblink`` CLI, or a person with an editor) writes commands i
                   {"id": "9c01e4...", "cmd": "pause"}]}
 
 :data:`COMMANDS` is the whole grammar: a command name maps to its args (key -> types, check,
-description); a new command is one more entry. Unknown commands, args and keys are refused.
+description, required); a new command is one more entry. Unknown commands, args and keys are
+refused, and so is a command without one of its required args. docs/commands.md describes
+every command, how it is acknowledged and the CLI around it.
 
 The supervisor calls :meth:`ControlReader.poll` once per loop iteration. Each command runs at
 most once, by id, in file order, also when the file is read again and across supervisor
@@ -54,6 +56,7 @@ from core.errors import InputError, OperatorError
 log = logging.getLogger("supervisor.control")
 
 MAX_BYTES = 64 * 1024
+KILL_TIMEOUT_S = 30.0       # a kill not confirmed by the position worker by then: error ack
 RESULTS = ("ok", "error", "rolled_back")
 INTERRUPTED = "interrupted by a supervisor restart"
 LEDGER_VERSION = 1
@@ -73,16 +76,19 @@ Check = Callable[[Any], str | None]            # why a value is refused, or None
 
 @dataclass(frozen=True)
 class Arg:
-    """One argument of a command: accepted JSON types, what it means, an optional check."""
+    """One argument of a command: accepted JSON types, what it means, an optional check, and
+    whether the command is refused without it."""
 
     types: tuple[type, ...]
     doc: str
     check: Check | None = None
+    required: bool = False
 
 
 @dataclass(frozen=True)
 class CommandSpec:
-    """A command: what it does, its args (all optional), an optional check across args."""
+    """A command: what it does, its args (optional unless ``required``), an optional check
+    across args."""
 
     doc: str
     args: dict[str, Arg] = field(default_factory=dict)
@@ -123,8 +129,14 @@ COMMANDS: dict[str, CommandSpec] = {
         "dry_run": Arg((bool,), "load and verify only, do not hand over"),
         "timeout": Arg((int, float), "seconds the new version has to get ready", _positive),
     }, _one_target),
+    "params": CommandSpec("reload the active strategy version with new params", {
+        "params": Arg((dict,), "strategy params (a JSON object), verified like a reload",
+                      required=True),
+    }),
     "pause": CommandSpec("stop opening new positions"),
-    "resume": CommandSpec("undo pause"),
+    "resume": CommandSpec("undo pause and kill"),
+    "kill": CommandSpec("pause, and cancel every open order at the venue (acknowledged when "
+                        "the position worker confirms)"),
     "stop": CommandSpec("stop the bot cleanly"),
 }
 
@@ -214,6 +226,9 @@ def parse_command(raw: object) -> Command:
         why = arg.check(value) if arg.check else None
         if why:
             raise InputError(f"{name}: {key} {why}")
+    missing = [k for k, arg in spec.args.items() if arg.required and k not in args]
+    if missing:
+        raise InputError(f"{name}: missing required arg(s) {', '.join(missing)}")
     why = spec.check(args) if spec.check else None
     if why:
         raise InputError(f"{name}: {why}")

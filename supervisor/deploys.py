@@ -83,11 +83,13 @@ class DeployStore:
                 log.warning("skipping a corrupt line of %s", self.history_path)
         return out
 
-    def previous(self, current_sha: str) -> Deployment:
+    def previous(self, current_sha: str, current_params: dict | None = None) -> Deployment:
         """The newest deployment that became active before the current one and differs
-        from it."""
+        from it, in code or (when ``current_params`` is given) in params."""
         for doc in reversed(self.history()):
-            if doc.get("sha256") != current_sha:
+            same_code = doc.get("sha256") == current_sha
+            if not same_code or (current_params is not None
+                                 and doc.get("params", {}) != current_params):
                 return self._from_doc(doc)
         raise InputError("no previous deployment to go back to")
 

@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 import psutil
 
 from core.config import write_json_atomic
@@ -158,7 +159,8 @@ class StatusWriter:
             positions["open"] = positions.get("open_positions")
         return {"run_id": self.paths.run_id, "mode": mode, "pid": os.getpid(),
                 "written_at": time.time(), "active_epoch": cb.active_epoch, "epoch": epoch,
-                "paused": cb.paused, "tick": tick, "tick_time_ms": tick_ms,
+                "paused": cb.paused, "killed": cb.killed, "kill_confirmed": cb.kill_confirmed,
+                "api": _api_info(self.paths), "tick": tick, "tick_time_ms": tick_ms,
                 "tick_age_s": round((now - tick_mono) / 1e9, 3) if tick_mono else None,
                 "workers": self._workers(children, lanes, now), "strategy": lanes.status(),
                 "slots": self._slots(lanes), "feed": feed, "positions": positions,
@@ -175,6 +177,17 @@ class StatusWriter:
             with contextlib.suppress(Exception):
                 t.close()
         self._tables = {}
+
+
+def _api_info(paths: RunPaths) -> dict[str, Any] | None:
+    """Where the HTTP API listens (api.json, written by api_worker), or None."""
+    try:
+        doc = orjson.loads((paths.run_dir / "api.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    return {k: doc.get(k) for k in ("url", "token_file", "remote", "public_read")}
 
 
 def _num(v: Any) -> float | None:

@@ -133,7 +133,9 @@ class Child:
                 # Own session: a Ctrl-C in the operator's terminal reaches the supervisor
                 # only, which then stops the children in order (strategy first).
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                     # everything goes to logs/<role>.jsonl (rotated); this file gets warnings
+                     "NOBLINK_STREAM_LOG_LEVEL": "WARNING"})
         self.started_at = self._now()
         self.fsm.to(ChildState.STARTING, f"pid {self.proc.pid}: {' '.join(argv)}")
 

@@ -117,6 +117,11 @@ class Executor(abc.ABC):
         """The account's open orders, as the venue reports them."""
 
     @abc.abstractmethod
+    async def cancel_all(self) -> int:
+        """Cancel every open order of the account at the venue (the kill switch); the number
+        cancelled. Raises RetryableError when the venue did not answer as expected."""
+
+    @abc.abstractmethod
     async def trades(self, after: int | None = None) -> list[dict]:
         """The account's trades matched after ``after`` (unix s, venue clock), normalised:
         id, order_id, asset_id, side, price, size, status."""

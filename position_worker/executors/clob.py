@@ -16,6 +16,10 @@ computed here before sending and journaled with the request. ``lookup`` asks
 slot and window, and each window has its own tokens), it also treats any of the account's
 BUY trades on the order's token as that order's fills.
 
+The kill switch: ``cancel_all`` is the client's ``cancel_all`` (``DELETE /cancel-all``, every
+open order of the account); this worker's own orders are FOK and never rest, but a delayed
+order, or one placed by hand on the same account, may.
+
 ``retry_on_error`` stays False: the client would otherwise re-POST an order after a
 transient error, which is exactly the duplicate this worker exists to prevent.
 
@@ -287,6 +291,27 @@ class ClobExecutor(Executor):
 
     async def open_orders(self) -> list[dict]:
         return await self._call(self.client.get_open_orders)
+
+    async def cancel_all(self) -> int:
+        return await self._call(self._cancel_all_sync)
+
+    def _cancel_all_sync(self) -> int:
+        """``DELETE /cancel-all`` (the client's ``cancel_all``): every open order of the
+        account. The reply lists ``canceled`` ids and ``not_canceled`` {id: reason} (an order
+        matched meanwhile); anything else is retried."""
+        try:
+            resp = self.client.cancel_all()
+        except PolyException as e:
+            raise RetryableError(f"cancel-all: {_err(e)}") from None
+        canceled = resp.get("canceled") if isinstance(resp, dict) else None
+        if not isinstance(canceled, list):
+            raise RetryableError(f"cancel-all: unexpected reply {truncate(str(resp))}")
+        refused = resp.get("not_canceled") or {}
+        if refused:
+            log.warning("cancel-all: %d order(s) not canceled: %s", len(refused),
+                        truncate(str(refused)))
+        log.warning("cancel-all: %d order(s) canceled", len(canceled))
+        return len(canceled)
 
     async def trades(self, after: int | None = None) -> list[dict]:
         params = TradeParams(after=after) if after else None

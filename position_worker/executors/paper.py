@@ -85,6 +85,9 @@ class PaperExecutor(Executor):
     async def open_orders(self) -> list[dict]:
         return []
 
+    async def cancel_all(self) -> int:
+        return 0                    # fill-or-kill against the scan: nothing ever rests
+
     async def trades(self, after: int | None = None) -> list[dict]:
         rows = self._db.execute("SELECT order_id, token, price, size FROM fills WHERE "
                                 "status=?", (str(OrderStatus.FILLED),)).fetchall()

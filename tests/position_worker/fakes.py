@@ -88,6 +88,9 @@ class FakeVenue(Executor):
     before_prepare: Callable[[], None] | None = None
     prepare_error: BaseException | None = None
     open: list = field(default_factory=list)   # what open_orders() returns
+    cancel_error: BaseException | None = None  # raised by cancel_all() (once)
+    keep_open: bool = False                    # cancel_all() "succeeds" but cancels nothing
+    cancel_calls: int = 0
 
     async def prepare(self, req: OrderRequest) -> Prepared:
         self.prepared += 1
@@ -134,6 +137,17 @@ class FakeVenue(Executor):
 
     async def open_orders(self) -> list[dict]:
         return list(self.open)
+
+    async def cancel_all(self) -> int:
+        self.cancel_calls += 1
+        await asyncio.sleep(0)
+        if self.cancel_error is not None:
+            e, self.cancel_error = self.cancel_error, None
+            raise e
+        if self.keep_open:
+            return 0
+        n, self.open = len(self.open), []
+        return n
 
     async def trades(self, after: int | None = None) -> list[dict]:
         return [{"id": r.fills[0].trade_id, "asset_id": tok, "side": "BUY",

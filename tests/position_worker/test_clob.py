@@ -32,6 +32,7 @@ class FakeClient:
         self.reply: Any = None
         self.trades: Any = []
         self.order: Any = None
+        self.cancel_reply: Any = {"canceled": [], "not_canceled": {}}
         self.trade_calls = 0
 
     def post_order(self, native: Any, order_type: Any) -> Any:
@@ -49,6 +50,11 @@ class FakeClient:
         if isinstance(self.order, BaseException):
             raise self.order
         return self.order
+
+    def cancel_all(self) -> Any:
+        if isinstance(self.cancel_reply, BaseException):
+            raise self.cancel_reply
+        return self.cancel_reply
 
 
 def api_error(status: int | None) -> PolyApiException:
@@ -207,3 +213,58 @@ async def test_malformed_trade_listing(clob) -> None:
     assert await ex.trades(after=1) == []
     fake.trades = [trade(), 7]
     assert [t["id"] for t in await ex.trades(after=1)] == ["t1"]
+
+
+# -- cancel-all (the kill switch) -------------------------------------------------------------
+
+@pytest.mark.parametrize(("reply", "n"), [
+    ({"canceled": ["0xa", "0xb"], "not_canceled": {}}, 2),
+    ({"canceled": [], "not_canceled": {"0xc": "order can't be found - already matched"}}, 0),
+    ({"canceled": ["0xa"]}, 1),
+])
+async def test_cancel_all_counts_the_canceled(clob, reply: dict, n: int) -> None:
+    ex, fake = clob
+    fake.cancel_reply = reply
+    assert await ex.cancel_all() == n
+
+
+@pytest.mark.parametrize("reply", [
+    None, "junk", ["0xa"], {}, {"canceled": "0xa"},
+    api_error(None), api_error(500), api_error(401),
+])
+async def test_cancel_all_failures_are_retryable(clob, reply: Any) -> None:
+    """Anything but a listing of what was canceled leaves the kill unconfirmed (retried)."""
+    ex, fake = clob
+    fake.cancel_reply = reply
+    with pytest.raises(RetryableError):
+        await ex.cancel_all()
+
+
+async def test_cancel_all_against_the_sim_cancels_only_our_resting_orders(tmp_path) -> None:
+    """The real client against the in-process sim (its clock stands still, so resting orders
+    stay resting): DELETE /cancel-all cancels every open order of our account, and no one
+    else's."""
+    from position_worker.executors.paper import PaperExecutor
+    from tests.sim.inproc import Trader, inproc_sim
+
+    async with inproc_sim(tmp_path / "sim") as sim:
+        ex = ClobExecutor(sim.url["clob"], Credentials.sim_throwaway("cancel-all-test"))
+        try:
+            await ex.start()
+            us = await Trader.at(sim.http, sim.url["clob"], ex.address)
+            other = await Trader.make(sim, 77)
+            m = sim.market("btc")
+            for t, token in ((us, m.up_token), (us, m.down_token), (other, m.up_token)):
+                status, r = await t.call("POST", "/order", t.limit_buy(token, 5, 10))
+                assert status == 200 and r["status"] == "live", r
+            assert len(await ex.open_orders()) == 2
+            assert await ex.cancel_all() == 2
+            assert await ex.open_orders() == []
+            assert await ex.cancel_all() == 0                   # nothing left: still fine
+            status, theirs = await other.call("GET", "/data/orders")
+            assert status == 200 and len(theirs["data"]) == 1, theirs
+        finally:
+            await ex.close()
+    paper = PaperExecutor(None, tmp_path / "paper.sqlite")      # type: ignore[arg-type]
+    assert await paper.cancel_all() == 0                         # nothing rests on paper
+    await paper.close()

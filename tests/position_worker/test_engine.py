@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from core.clock import ManualClock
+from core.errors import RetryableError
 from core.markets import SLOTS
 from position_worker.engine import Engine, EngineConfig
 from position_worker.executors.base import OrderRequest, OrderResult, OrderStatus
@@ -718,3 +719,89 @@ async def test_decide_advances_the_decided_cursor(rig: Rig) -> None:
     assert rig.engine.decide(intent(slot=1, seq=6, lane=1)) is None           # FENCED
     assert rig.control.decided(1) == 7 and rig.control.decided(0) == 3
     assert rejected(rig) == {"STALE_EPOCH": 1, "DUPLICATE": 1, "FENCED": 1}
+
+
+# -- the kill switch ------------------------------------------------------------------------
+
+
+def kill_events(rig: Rig) -> list[dict]:
+    return rig.journal.events(kind="kill")
+
+
+async def test_kill_cancels_open_orders_journals_then_confirms(rig: Rig) -> None:
+    """The supervisor's kill: intake refuses (PAUSED), every open order at the venue is
+    cancelled, the cancel is journaled, and only then is kill_done set."""
+    rig.venue.open = [{"id": "0xresting1"}, {"id": "0xresting2"}]
+    assert not rig.engine.kill_due()
+    rig.control.set_paused(True)
+    rig.control.set_killed(True)
+    assert rig.engine.kill_due() and not rig.control.kill_confirmed
+    rig.markets.set(0, T0)
+    assert rig.engine.decide(intent()) is None
+    assert rejected(rig) == {"PAUSED": 1}
+
+    assert await rig.engine.kill() == 2
+    assert rig.venue.cancel_calls == 1 and rig.venue.open == []
+    assert rig.control.kill_confirmed and not rig.engine.kill_due()
+    (ev,) = kill_events(rig)
+    assert ev["client_key"] == "" and ev["body"]["canceled"] == 2
+    assert rig.posstats()["paused"]
+    # a second kill (the supervisor cleared kill_done again) runs again
+    rig.control.set_kill_confirmed(False)
+    assert rig.engine.kill_due()
+    assert await rig.engine.kill() == 0
+    assert len(kill_events(rig)) == 2 and rig.control.kill_confirmed
+
+
+@pytest.mark.parametrize("failure", ["cancel raises", "orders remain"])
+async def test_kill_is_not_confirmed_until_the_venue_holds_no_open_order(
+        rig: Rig, failure: str) -> None:
+    rig.venue.open = [{"id": "0xresting"}]
+    if failure == "cancel raises":
+        rig.venue.cancel_error = RetryableError("cancel-all: 503: busy")
+    else:
+        rig.venue.keep_open = True
+    rig.control.set_killed(True)
+    with pytest.raises(RetryableError):
+        await rig.engine.kill()
+    assert not rig.control.kill_confirmed and rig.engine.kill_due()
+    assert kill_events(rig) == []
+    rig.venue.keep_open = False                  # the next attempt (a second later) works
+    assert await rig.engine.kill() == 1
+    assert rig.control.kill_confirmed and len(kill_events(rig)) == 1
+
+
+async def test_kill_waits_for_a_send_in_flight_then_cancels(rig: Rig) -> None:
+    """An order already on its way may come to rest (a delayed order): the cancel-all waits
+    for its reply, so it cannot slip in after the cancel."""
+    import asyncio
+
+    rig.venue.gate = asyncio.Event()
+    rig.markets.set(0, T0)
+    o = rig.engine.decide(intent())
+    rig.engine.launch(o)
+    await asyncio.sleep(0.01)
+    assert o.state == OrderState.SENDING
+    rig.control.set_killed(True)
+    task = asyncio.ensure_future(rig.engine.kill())
+    await asyncio.sleep(0.05)
+    assert not task.done() and rig.venue.cancel_calls == 0
+    rig.venue.gate.set()
+    assert await task == 0
+    assert rig.venue.cancel_calls == 1 and o.state == OrderState.FILLED
+    assert kill_events(rig)[0]["body"]["in_flight"] == 1 and rig.control.kill_confirmed
+
+
+async def test_kill_cleared_meanwhile_is_not_confirmed(rig: Rig) -> None:
+    """A resume that lands while the cancel-all runs wins: no stale kill_done is left."""
+    rig.control.set_killed(True)
+    orig = rig.venue.cancel_all
+
+    async def cancel_then_resume() -> int:
+        n = await orig()
+        rig.control.set_killed(False)            # the operator's resume
+        return n
+
+    rig.venue.cancel_all = cancel_then_resume   # type: ignore[method-assign]
+    await rig.engine.kill()
+    assert not rig.control.kill_confirmed and not rig.engine.kill_due()

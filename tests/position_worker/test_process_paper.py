@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -157,3 +158,35 @@ def test_a_second_worker_on_the_run_dir_is_refused(run_paths: RunPaths, control:
         w.kill()
         if second is not None:
             second.kill()
+
+
+def test_paper_kill_switch_is_carried_out_and_confirmed(run_paths: RunPaths,
+                                                        control: ControlBlock,
+                                                        markets: MarketTable, venue) -> None:
+    """The heartbeat sees the kill flag: the worker cancels at the venue (paper: nothing
+    rests), journals the cancel, sets kill_done; intents are refused until resumed."""
+    clock, _gamma = venue
+    w = start(run_paths, control)
+    writer = IntentWriter(run_paths, 0, EPOCH)
+    try:
+        control.set_paused(True)
+        control.set_killed(True)
+        wait_until(lambda: control.kill_confirmed, 10, "kill_done", w.tail)
+        assert "kill switch carried out" in w.tail()
+        ws = open_window(clock)
+        markets.set(0, ws, up_ask=0.5)
+        writer.submit(0, ws, SLOTS[0].slug(ws), Outcome.UP, 5.0, 0.6, "killed")
+        wait_until(lambda: read_stats(run_paths)["rejected"] == {"PAUSED": 1}, 20,
+                   "the refusal", w.tail)
+        assert read_stats(run_paths)["paused"]
+        assert w.stop() == 0
+        con = sqlite3.connect(f"file:{run_paths.journal}?mode=ro", uri=True)
+        try:
+            (body,) = [orjson.loads(r[0]) for r in
+                       con.execute("SELECT body FROM events WHERE kind='kill'")]
+        finally:
+            con.close()
+        assert body["canceled"] == 0 and body["executor"] == "paper"
+    finally:
+        writer.close()
+        w.kill()

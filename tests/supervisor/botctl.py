@@ -96,7 +96,7 @@ class Bot:
     """`noblink run` against the sim in ``run_dir``; stop() checks that nothing is left."""
 
     def __init__(self, tmp: Path, *, speed: float = 30, strategy: str | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = ("--no-api",)) -> None:
         self.tmp = tmp
         self.run_dir = tmp / "run"
         self.strategy = tmp / "strategy.py"
@@ -117,7 +117,8 @@ class Bot:
     def tail(self, n: int = 4000) -> str:
         text = self.log.read_text(errors="replace")[-n:]
         logs = self.run_dir / "logs"
-        for name in ("strategy0.log", "strategy1.log"):
+        for name in ("strategy0.log", "strategy1.log", "strategy0.jsonl", "strategy1.jsonl",
+                     "supervisor.jsonl"):
             if (logs / name).exists():
                 text += f"\n--- {name}\n" + (logs / name).read_text(errors="replace")[-n // 2:]
         return text

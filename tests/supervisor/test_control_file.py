@@ -74,6 +74,10 @@ VALID = [
     ("pause", None),
     ("resume", {}),
     ("stop", None),
+    ("kill", {}),
+    ("kill", None),
+    ("params", {"params": {}}),
+    ("params", {"params": {"x": 1, "edge": 0.02, "nested": {"a": [1, 2]}}}),
 ]
 
 
@@ -92,10 +96,16 @@ def test_every_command_kind_is_accepted(run: Run, name: str, args: dict | None) 
 
 
 def test_table_covers_the_contract() -> None:
-    assert set(COMMANDS) == {"reload", "pause", "resume", "stop"}
+    assert set(COMMANDS) == {"reload", "params", "pause", "resume", "kill", "stop"}
     assert set(COMMANDS["reload"].args) == {"strategy", "params", "previous", "to", "shadow",
                                             "dry_run", "timeout"}
+    assert set(COMMANDS["params"].args) == {"params"}
+    assert COMMANDS["kill"].args == {}
+    required = {(name, k) for name, spec in COMMANDS.items()
+                for k, a in spec.args.items() if a.required}
+    assert required == {("params", "params")}
     assert all(a.doc for spec in COMMANDS.values() for a in spec.args.values())
+    assert all(spec.doc for spec in COMMANDS.values())
 
 
 def test_two_commands_in_one_file_both_run_in_order(run: Run) -> None:
@@ -276,6 +286,23 @@ BAD_COMMANDS = {
     "two targets": ({"id": "x", "cmd": "reload", "args": {"strategy": "s.py", "previous": True}},
                     "x", "at most one"),
     "extra key": ({"id": "x", "cmd": "pause", "arg": {}}, "x", "unknown key(s) 'arg'"),
+    "args on kill": ({"id": "x", "cmd": "kill", "args": {"hard": True}}, "x",
+                     "kill: unknown arg 'hard' (allowed: none)"),
+    "kill args not an object": ({"id": "x", "cmd": "kill", "args": "now"}, "x",
+                                "args must be"),
+    "params without args": ({"id": "x", "cmd": "params"}, "x",
+                            "params: missing required arg(s) params"),
+    "params empty args": ({"id": "x", "cmd": "params", "args": {}}, "x",
+                          "missing required arg(s) params"),
+    "params not an object": ({"id": "x", "cmd": "params", "args": {"params": [1]}}, "x",
+                             "params: params must be an object, not an array"),
+    "params null": ({"id": "x", "cmd": "params", "args": {"params": None}}, "x",
+                    "must be an object, not null"),
+    "params as a string": ({"id": "x", "cmd": "params", "args": {"params": '{"x": 1}'}},
+                           "x", "must be an object, not a string"),
+    "params with a reload arg": ({"id": "x", "cmd": "params",
+                                  "args": {"params": {}, "strategy": "s.py"}}, "x",
+                                 "params: unknown arg 'strategy' (allowed: params)"),
     "missing id": ({"cmd": "pause"}, None, "missing id"),
     "empty id": ({"id": "", "cmd": "pause"}, None, "must be 1..128"),
     "id with spaces": ({"id": "a b", "cmd": "pause"}, None, "must be 1..128"),
@@ -461,6 +488,9 @@ def test_append_command_writes_a_file_the_reader_trusts(run: Run) -> None:
     ("reload", {"timeout": -1}, "> 0"),
     ("reload", {"params": {1: 2}}, "not JSON"),
     ("reload", {"params": {"big": 10**30}}, "not JSON"),
+    ("params", None, "missing required arg"),
+    ("params", {"params": {"big": 10**30}}, "not JSON"),
+    ("kill", {"x": 1}, "unknown arg"),
 ])
 def test_append_command_validates(run: Run, cmd: str, args: dict | None, match: str) -> None:
     with pytest.raises(InputError, match=match):

@@ -184,3 +184,36 @@ def test_a_broken_strategy_at_start_leaves_feed_and_positions_up_until_a_good_re
     finally:
         bot.kill_everything()
     assert not bot.leftovers()
+
+
+def test_a_restarted_bot_starts_from_the_saved_state_and_evaluates_at_once(
+        tmp_path: Path) -> None:
+    """A clean stop saves the strategy state; the next run (a new run id, its ticks counted
+    from 1 again) restores it and evaluates its very first ticks."""
+    first = Bot(tmp_path)
+    try:
+        first.wait_active()
+        first.wait_ticks(20)
+        assert first.stop() == 0, first.tail()
+        saved = ticks_of(first.final_state())
+        assert len(saved) >= 20
+    finally:
+        first.kill_everything()
+    assert not first.leftovers()
+    second = Bot(tmp_path)
+    try:
+        s = second.wait_active()
+        assert s["reloads"][-1]["trigger"] == "start"
+        before = second.lane_of_active()["evaluated"]
+        wait_for(lambda: second.lane_of_active()["evaluated"] >= before + 2, 30,
+                 "evaluations right after the restart", second.tail)
+        assert second.stop() == 0, second.tail()
+        state = second.final_state()
+        assert state["history"][0] == "v0"
+        ticks = ticks_of(state)
+        assert ticks[:len(saved)] == saved          # the first run's history came back
+        assert len(ticks) > len(saved)               # and the second run added to it,
+        assert ticks[len(saved)] < saved[-1]         # from its own first ticks on
+    finally:
+        second.kill_everything()
+    assert not second.leftovers()

@@ -126,7 +126,7 @@ def test_killed_workers_are_restarted_and_pick_up_their_state(bot) -> None:
     crash = s["reloads"][-1]
     assert crash["trigger"] == "crash" and crash["result"] == "ok"
     gen = crash["drained"] or {}
-    log = (run_dir / "logs" / "strategy0.log").read_text()
+    log = (run_dir / "logs" / "strategy0.jsonl").read_text()
     assert "verified: restored generation" in log   # its state came back from the snapshot
     assert not gen                                # nothing to drain: the worker was dead
     p.send_signal(signal.SIGTERM)
