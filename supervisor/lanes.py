@@ -449,6 +449,7 @@ class Lanes:
                 "strategy": d.source if d else None, "tick": int(rec["tick"]),
                 "evaluated": int(rec["evaluated"]), "eval_errors": int(rec["eval_errors"]),
                 "skipped_ticks": int(rec["skipped"]),
+                "lat_p50_ms": round(int(rec["lat_p50_ns"]) / 1e6, 3),
                 "fence": self.control.fence(lane), "decided": self.control.decided(lane)}
         cur = self.current
         return {"active_lane": self.active, "sha256": cur.sha256 if cur else None,
