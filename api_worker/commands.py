@@ -19,7 +19,14 @@ from typing import Any
 from api_worker.errors import ApiError
 from api_worker.reader import JsonFile, matches
 from core.errors import InputError, OperatorError
-from supervisor.control_file import COMMANDS, CommandSpec, append_command, parse_command
+from supervisor.control_file import (
+    COMMANDS,
+    CommandSpec,
+    append_command,
+    json_type,
+    parse_command,
+    type_ok,
+)
 
 ACK_TIMEOUT_S = 30.0            # pause, resume, stop (the CLI's default)
 KILL_TIMEOUT_S = 45.0           # the supervisor gives the position worker 30 s to confirm
@@ -28,23 +35,11 @@ RECORD_WAIT_S = 5.0             # after a reload's ack, for its record to show u
 RELOADS = frozenset({"reload", "params"})
 
 
-def _json_type(v: object) -> str:
-    for t, name in ((bool, "a boolean"), (int, "a number"), (float, "a number"),
-                    (str, "a string"), (list, "an array"), (dict, "an object")):
-        if isinstance(v, t):
-            return name
-    return "null" if v is None else type(v).__name__
-
-
-def _type_ok(v: object, types: tuple[type, ...]) -> bool:
-    return bool in types if isinstance(v, bool) else isinstance(v, types)
-
-
 def _field(spec: CommandSpec, args: dict[str, Any]) -> str:
     """The arg parse_command refused, from the spec; "args" for a check across args."""
     for key, value in args.items():
         arg = spec.args.get(key)
-        if arg is None or not _type_ok(value, arg.types) or (arg.check and arg.check(value)):
+        if arg is None or not type_ok(value, arg.types) or (arg.check and arg.check(value)):
             return str(key)
     for key, arg in spec.args.items():
         if getattr(arg, "required", False) and key not in args:
@@ -59,7 +54,7 @@ def command_args(name: str, body: object) -> dict[str, Any]:
         raise ApiError(400, f"unknown command {name!r} (known: {', '.join(COMMANDS)})",
                        field="cmd")
     if not isinstance(body, dict):
-        raise ApiError(400, f"the body must be a JSON object, not {_json_type(body)}",
+        raise ApiError(400, f"the body must be a JSON object, not {json_type(body)}",
                        field="body")
     try:
         cmd = parse_command({"id": "api", "cmd": name, "args": body})

@@ -144,7 +144,8 @@ _TYPE_NAMES = {str: "a string", dict: "an object", bool: "true or false", int: "
                float: "a number"}
 
 
-def _json_type(v: object) -> str:
+def json_type(v: object) -> str:
+    """How a JSON value's type reads in an error message."""
     for t, name in ((bool, "a boolean"), (int, "a number"), (float, "a number"),
                     (str, "a string"), (list, "an array"), (dict, "an object")):
         if isinstance(v, t):
@@ -156,7 +157,8 @@ def _short(s: str, n: int = 60) -> str:
     return repr(s if len(s) <= n else s[:n] + "...")
 
 
-def _type_ok(v: object, types: tuple[type, ...]) -> bool:
+def type_ok(v: object, types: tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is not an int (JSON true is not 1)."""
     # bool is an int in Python, but true is not a shadow count nor a timeout
     return bool in types if isinstance(v, bool) else isinstance(v, types)
 
@@ -193,7 +195,7 @@ class Command:
 def parse_command(raw: object) -> Command:
     """Validate one entry of ``commands`` against :data:`COMMANDS`; raise InputError why not."""
     if not isinstance(raw, dict):
-        raise InputError(f"a command must be an object, not {_json_type(raw)}")
+        raise InputError(f"a command must be an object, not {json_type(raw)}")
     extra = [str(k) for k in raw if k not in ("id", "cmd", "args")]
     if extra:
         raise InputError(f"unknown key(s) {', '.join(map(_short, extra))} (allowed: id, cmd, args)")
@@ -201,28 +203,28 @@ def parse_command(raw: object) -> Command:
         raise InputError("missing id")
     cid = raw["id"]
     if not isinstance(cid, str):
-        raise InputError(f"id must be a string, not {_json_type(cid)}")
+        raise InputError(f"id must be a string, not {json_type(cid)}")
     if not _ID_RE.fullmatch(cid):
         raise InputError(f"id {_short(cid)} must be 1..128 of A-Z a-z 0-9 . _ : - "
                          "(starting with a letter or digit)")
     name = raw.get("cmd")
     if not isinstance(name, str):
         raise InputError("missing cmd" if name is None else f"cmd must be a string, not "
-                         f"{_json_type(name)}")
+                         f"{json_type(name)}")
     spec = COMMANDS.get(name)
     if spec is None:
         raise InputError(f"unknown command {_short(name)} (known: {', '.join(COMMANDS)})")
     args = raw.get("args", {})
     if not isinstance(args, dict):
-        raise InputError(f"{name}: args must be an object, not {_json_type(args)}")
+        raise InputError(f"{name}: args must be an object, not {json_type(args)}")
     for key, value in args.items():
         arg = spec.args.get(key)
         if arg is None:
             raise InputError(f"{name}: unknown arg {_short(str(key))} "
                              f"(allowed: {', '.join(spec.args) or 'none'})")
-        if not _type_ok(value, arg.types):
+        if not type_ok(value, arg.types):
             want = " or ".join(_TYPE_NAMES[t] for t in arg.types)
-            raise InputError(f"{name}: {key} must be {want}, not {_json_type(value)}")
+            raise InputError(f"{name}: {key} must be {want}, not {json_type(value)}")
         why = arg.check(value) if arg.check else None
         if why:
             raise InputError(f"{name}: {key} {why}")
@@ -443,11 +445,11 @@ def _parse_file(data: bytes) -> tuple[list, str | None]:
     except orjson.JSONDecodeError as e:
         return [], f"is not valid JSON ({e})"
     if not isinstance(doc, dict):
-        return [], f"must hold a JSON object, not {_json_type(doc)}"
+        return [], f"must hold a JSON object, not {json_type(doc)}"
     if "commands" not in doc:
         return [], "has no 'commands' list"
     if not isinstance(doc["commands"], list):
-        return [], f"'commands' must be a list, not {_json_type(doc['commands'])}"
+        return [], f"'commands' must be a list, not {json_type(doc['commands'])}"
     return doc["commands"], None
 
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.supervisor.botctl import Bot, strategy_source
 from tests.waiting import wait_for
@@ -23,16 +20,6 @@ FLAKY = strategy_source("flaky").replace(
     "        self.calls += 1\n"
     "        if self.calls > 16:\n"
     "            raise RuntimeError('fails in production only')\n")
-
-
-@pytest.fixture
-def bot(tmp_path: Path) -> Iterator[Bot]:
-    b = Bot(tmp_path)
-    try:
-        yield b
-    finally:
-        b.kill_everything()
-    assert not b.leftovers(), "segments left behind"
 
 
 def cli(bot: Bot, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -10,11 +10,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
-import pytest
 from py_clob_client_v2.client import ClobClient
 from py_clob_client_v2.clob_types import OrderArgs
 
@@ -28,16 +25,6 @@ from state.control import ControlBlock
 from state.run import RunPaths
 from tests.supervisor.botctl import Bot
 from tests.waiting import wait_for
-
-
-@pytest.fixture
-def bot(tmp_path: Path) -> Iterator[Bot]:
-    b = Bot(tmp_path)
-    try:
-        yield b
-    finally:
-        b.kill_everything()
-    assert not b.leftovers(), "segments left behind"
 
 
 def cli(bot: Bot, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import collections
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from sim import testing as sim_testing
 from state.intents import IntentWriter
@@ -22,16 +19,6 @@ from tests.supervisor.botctl import (
 from tests.waiting import wait_for
 
 STALE_EPOCH = 0      # position_worker.reasons.RejectReason.STALE_EPOCH
-
-
-@pytest.fixture
-def bot(tmp_path: Path) -> Iterator[Bot]:
-    b = Bot(tmp_path)
-    try:
-        yield b
-    finally:
-        b.kill_everything()
-    assert not b.leftovers(), "segments left behind"
 
 
 def _still_trading(bot: Bot, epoch: int) -> None:

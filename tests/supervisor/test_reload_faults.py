@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,16 +34,6 @@ def slow_drain(flag: Path) -> str:
         "    def get_state(self):\n",
         f"    def get_state(self):\n        if os.path.exists({str(flag)!r}):\n"
         "            time.sleep(1.5)\n")
-
-
-@pytest.fixture
-def bot(tmp_path: Path) -> Iterator[Bot]:
-    b = Bot(tmp_path)
-    try:
-        yield b
-    finally:
-        b.kill_everything()
-    assert not b.leftovers(), "segments left behind"
 
 
 def _in_phase(bot: Bot, phase: str) -> dict | None:

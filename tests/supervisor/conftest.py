@@ -1,0 +1,21 @@
+"""The real bot, for the tests that run it: `noblink run` in a subprocess (tests/supervisor/
+botctl.py), and at teardown no process and no /dev/shm segment of its run left."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.supervisor.botctl import Bot
+
+
+@pytest.fixture
+def bot(tmp_path: Path) -> Iterator[Bot]:
+    b = Bot(tmp_path)
+    try:
+        yield b
+    finally:
+        b.kill_everything()
+    assert not b.leftovers(), "segments left behind"
