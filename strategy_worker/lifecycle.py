@@ -49,7 +49,7 @@ TRANSITIONS: dict[StrategyState, frozenset[StrategyState]] = {
     _S.SHADOW: frozenset({_S.READY, _S.RETIRED, _S.FAILED}),
     _S.HANDED: frozenset({_S.ACTIVE, _S.RETIRED, _S.FAILED}),
     _S.ACTIVE: frozenset({_S.DRAINING, _S.FAILED}),
-    _S.DRAINING: frozenset({_S.DRAINED, _S.FAILED}),
+    _S.DRAINING: frozenset({_S.DRAINED, _S.ACTIVE, _S.FAILED}),   # ACTIVE: the drain failed
     _S.DRAINED: frozenset({_S.ACTIVE, _S.RETIRED, _S.FAILED}),
     _S.RETIRED: frozenset(),
     _S.FAILED: frozenset({_S.RETIRED}),

@@ -345,7 +345,12 @@ class StrategyWorker:
         """At this cycle boundary: commit a final snapshot, stop trading and committing, and
         report (generation, last tick, intent lane head)."""
         self.fsm.to(_S.DRAINING)
-        gen = self.commit()
+        try:
+            gen = self.commit()
+        except Exception:
+            # nothing was handed over: keep trading as before (the supervisor rolls back)
+            self.fsm.to(_S.ACTIVE, "the drain's commit failed")
+            raise
         self.trading = False
         head = self.intents.head()
         self.fsm.to(_S.DRAINED, f"generation {gen}, tick {self.last_tick}, head {head}")
@@ -487,22 +492,23 @@ class StrategyWorker:
         if snap is not None:
             self._restore_into(instance, snap)
         start = max(self.control.tick()[0], self.last_tick)
-        self.shadow = {"instance": instance, "n": n, "after": start, "mine": {},
+        self.shadow = {"instance": instance, "n": n, "after": start, "mine": {}, "done": set(),
                        "diffs": [], "compared": 0, "uncompared": 0, "seq": self.handled_seq}
-        self.pending.clear()
         self.fsm.to(_S.SHADOW, f"{n} ticks after tick {start}")
         return None
 
     def _shadow_step(self) -> None:
+        """Evaluate the pending ticks not seen yet. ``pending`` is left as it is: a hand-over
+        after the shadow run needs every tick after the drained worker's last one."""
         sh = self.shadow
         assert sh is not None
-        for rec in list(self.pending):
+        for rec in self.pending:
             t = int(rec["tick"])
-            if t <= sh["after"] or t in sh["mine"] or len(sh["mine"]) >= sh["n"]:
+            if t <= sh["after"] or t in sh["done"] or len(sh["done"]) >= sh["n"]:
                 continue
+            sh["done"].add(t)
             codes, _ = self.evaluate_tick(sh["instance"], rec, count=False)
             sh["mine"][t] = codes
-        self.pending.clear()
         self._shadow_compare()
 
     def _shadow_compare(self) -> None:

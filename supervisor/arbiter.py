@@ -158,9 +158,11 @@ class Supervisor:
     def _handle_signals(self) -> None:
         """Dispatch queued signals: HUP reloads the current strategy file (in gunicorn's
         sense); TERM/INT stay queued and stop the loop."""
-        hups = [s for s in self._signals if s == signal.SIGHUP]
-        self._signals = [s for s in self._signals if s != signal.SIGHUP]
-        if hups and self.desk is not None:
+        hup = False
+        while signal.SIGHUP in self._signals:     # in place: a handler may append meanwhile
+            self._signals.remove(signal.SIGHUP)
+            hup = True
+        if hup and self.desk is not None:
             self.desk.sighup()
 
     # -- start-up -------------------------------------------------------------------------

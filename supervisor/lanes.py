@@ -105,6 +105,8 @@ class Lanes:
         """Queue a reload; it starts when the one before it has finished."""
         self.queue.append(req)
         self.last_requested = req.deployment
+        self._restart_at = 0.0        # a pending crash restart is superseded (and re-planned
+                                      # with its backoff if this reload leaves nobody active)
         log.info("reload queued (%s): %s %s", req.trigger, req.deployment.source,
                  req.deployment.short)
 
@@ -131,6 +133,10 @@ class Lanes:
         """Reap strategy children, drive the reload in progress, start the next one, watch
         probation, and restart a crashed strategy when nothing else is in flight."""
         self.reap()
+        if self.active is not None and not self.alive(self.active):
+            # reaped in the same turn as its flip (before it was the active lane): it is
+            # down all the same
+            self._active_gone(self.active)
         if self.reload is not None:
             self.reload.step()
             if self.reload.finished:
@@ -208,6 +214,8 @@ class Lanes:
         p.record["probation"] = f"failed: {why}"
         if p.previous is None or self.reload is not None:
             return
+        # from now on the previous version is the one to restart if the revert fails too
+        self.current = p.previous
         log.error("probation failed (%s): reverting to %s", why, p.previous.short)
         self.request(ReloadRequest("probation", p.previous))
 
@@ -256,13 +264,16 @@ class Lanes:
             if self.active == lane:
                 # only the active worker's death stops trading; a retired or standby
                 # worker's exit changes nothing
-                if self.control.active_epoch == self.epochs[lane]:
-                    self.control.set_active_epoch(0)
-                self.active = None
-                log.error("the active strategy (epoch %d) is gone: nobody trades until "
-                          "its successor is active", self.epochs[lane])
+                self._active_gone(lane)
             child.fsm.to(ChildState.IDLE, f"exit code {code}")
             self._on_change()
+
+    def _active_gone(self, lane: int) -> None:
+        if self.control.active_epoch == self.epochs[lane]:
+            self.control.set_active_epoch(0)
+        self.active = None
+        log.error("the active strategy (epoch %d) is gone: nobody trades until its "
+                  "successor is active", self.epochs[lane])
 
     def _registered(self, lane: int) -> bool:
         child = self.children[lane]
@@ -274,8 +285,9 @@ class Lanes:
             if child is None:
                 continue
             child.enforce_stop()
-            if child.state != ChildState.RUNNING:
-                continue
+            if child.state != ChildState.RUNNING or self.worker_state(lane) in (
+                    StrategyState.STARTING, StrategyState.VERIFYING):
+                continue          # loading and verifying: the reload's deadline covers it
             w = self.control.worker(WorkerSlot.strategy(lane))
             age = (now_ns - w["heartbeat_ns"]) / 1e9
             if w["pid"] == child.pid and age > self.cfg.heartbeat_timeout:
@@ -354,11 +366,15 @@ class Lanes:
 
     def send(self, lane: int, cmd: LaneCommand, **args: int) -> int:
         seq = self.control.send_lane(lane, cmd, **args)
-        child = self.children[lane]
-        if child is not None and child.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGUSR1)
+        self._wake(lane)
         return seq
+
+    def _wake(self, lane: int) -> None:
+        """SIGUSR1 to the lane's worker, only while it is our unreaped child (its pid cannot
+        have been reused then)."""
+        if self.alive(lane):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid(lane), signal.SIGUSR1)
 
     def ack(self, lane: int) -> tuple[int, LaneAck]:
         return self.control.lane_ack(lane)
@@ -391,10 +407,7 @@ class Lanes:
     def flip(self, lane: int, epoch: int) -> None:
         self.control.set_active_epoch(epoch)
         self.active = lane
-        child = self.children[lane]
-        if child is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGUSR1)
+        self._wake(lane)
         log.info("flip: epoch %d on lane %d is active", epoch, lane)
 
     def kill(self, lane: int) -> None:

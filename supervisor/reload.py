@@ -212,6 +212,13 @@ class Reload:
 
     def _step_shadow(self) -> None:
         assert self.new is not None
+        if self.old is not None and not self.lanes.alive(self.old):
+            # the active worker died: no decisions to compare any more, and nobody trades
+            if self.req.dry_run:
+                self.fail("the active worker died during the shadow run")
+            else:
+                self._begin_drain()           # hands the standby the newest snapshot
+            return
         ack = self._ack(self.new)
         if ack == LaneAck.OK:
             self.shadow_report = self.lanes.report(self.to_epoch).get("shadow", {})
@@ -296,8 +303,11 @@ class Reload:
                 return
             # every intent the old worker sent is decided while its epoch is still active:
             # none is refused as stale, and its `sent` keys are all in generation G
-            if self.drained is None or self.lanes.decided(self.old or 0) >= \
-                    self.drained["head"]:
+            decided = self.drained is None or self.lanes.decided(self.old or 0) >= \
+                self.drained["head"]
+            # and the standby still lives: a flip to a dead worker would leave nobody
+            # trading with nothing to restart it
+            if decided and self.lanes.alive(self.new):
                 self._go(_P.FLIP)
                 self._flip()
                 return
