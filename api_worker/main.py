@@ -137,9 +137,11 @@ async def amain(args: argparse.Namespace, host: str, port: int) -> int:
         log.error("cannot start: %s", e)
         return EXIT_OPERATOR
     app = build_app(ApiConfig(run_dir, public_read=args.public_read), token)
+    # keepalive_timeout: aiohttp's default keeps an idle (or half-sent) connection for an
+    # hour; a slow or idle client should cost a file descriptor for seconds, not hours
     runner = web.AppRunner(app, access_log_class=AccessLog,
                            access_log=logging.getLogger("api_worker.access"),
-                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=30.0)
     await runner.setup()
     api_json = run_dir / API_JSON
     try:

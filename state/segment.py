@@ -145,11 +145,20 @@ class Segment:
         """Map an existing segment after checking its header. Never unlinks."""
         path = Path(path)
         try:
-            fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+            fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise SegmentMissingError(f"no segment {path}") from None
+        except OSError as e:            # ELOOP: a symlink where a segment should be
+            raise SegmentError(f"{path}: {e.strerror or e}") from e
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if not readonly and (st.st_uid != os.getuid() or st.st_mode & 0o077):
+                # /dev/shm is world-writable: another user could plant a segment under our
+                # name before we create it, with a header copied from public code, and feed
+                # us candles or intents. Ours are ours and 0600; anything else is refused.
+                raise SegmentError(f"{path} is owned by uid {st.st_uid} with mode "
+                                   f"{st.st_mode & 0o777:o}, not ours and 0600: refusing it")
+            size = st.st_size
             if size < HEADER_SIZE:
                 raise SegmentMismatchError(f"{path}: {size} bytes is smaller than a header")
             seg = cls(path, fd, size, readonly=readonly, owner=False)

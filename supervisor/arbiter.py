@@ -30,6 +30,7 @@ snapshot and the position worker rebuilds from its journal.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -170,6 +171,7 @@ class Supervisor:
     def setup_run(self) -> None:
         """Claim the run directory: adopt a dead run's state, refuse a live one."""
         run_dir = prepare_run_dir(self.cfg.run_dir)
+        self._lock_run_dir(run_dir)
         run_id = None
         try:
             old, doc = RunPaths.load(run_dir)
@@ -223,6 +225,21 @@ class Supervisor:
         self.lanes.done_callbacks.append(self.desk.reload_done)
         self.status = StatusWriter(self.paths, self.control)
         log.info("run %s in %s (mode %s)", self.paths.run_id, run_dir, self.cfg.mode)
+
+    def _lock_run_dir(self, run_dir: Path) -> None:
+        """One supervisor per run directory: an flock held for our lifetime (the kernel
+        drops it when we die, so a crash never leaves a stale lock). run.json's pid check
+        alone races when two start at once, and two command desks would run every command
+        twice."""
+        fd = os.open(run_dir / ".supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OperatorError(f"another noblink supervisor runs in {run_dir}; stop it "
+                                "first") from None
+        self._lock_fd = fd
 
     def _allocate_epoch(self) -> int:
         self.epoch += 1
@@ -294,7 +311,7 @@ class Supervisor:
         specs.append(ChildSpec("position", lambda: [
             "-m", "position_worker", "--run-dir", rd, *mode, *live, "--stake",
             str(self.cfg.stake), *ex.get("position", [])],
-            heartbeat_timeout=self.cfg.heartbeat_timeout))
+            heartbeat_timeout=self.cfg.heartbeat_timeout, secrets=True))
         if self.cfg.api:
             # the HTTP API is a client of the file contract like the CLI: its own process,
             # so a slow client or a flood never touches this loop or a trading process

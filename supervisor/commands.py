@@ -163,6 +163,10 @@ class CommandDesk:
         except (InputError, OperatorError) as e:
             self.ledger.done(cmd.id, "error", str(e))
             return
+        except Exception as e:     # a bug or an input nobody foresaw: refuse it, keep running
+            log.exception("command %s (%s) failed", cmd.id, cmd.cmd)
+            self.ledger.done(cmd.id, "error", f"{type(e).__name__}: {e}")
+            return
         self.ledger.done(cmd.id, "ok")
 
     def _reload(self, cmd: Command) -> None:

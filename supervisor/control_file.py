@@ -56,6 +56,9 @@ from core.errors import InputError, OperatorError
 log = logging.getLogger("supervisor.control")
 
 MAX_BYTES = 64 * 1024
+MAX_DEPTH = 32               # containers nested in a command's args
+MAX_SHADOW_TICKS = 1000
+MAX_TIMEOUT_S = 3600.0
 KILL_TIMEOUT_S = 30.0       # a kill not confirmed by the position worker by then: error ack
 RESULTS = ("ok", "error", "rolled_back")
 INTERRUPTED = "interrupted by a supervisor restart"
@@ -103,12 +106,26 @@ def _sha_prefix(v: str) -> str | None:
     return None if _SHA_PREFIX_RE.fullmatch(v) else "must be 6..64 lowercase hex digits"
 
 
-def _not_negative(v: int) -> str | None:
-    return None if v >= 0 else "must be >= 0"
+def _shadow_ticks(v: int) -> str | None:
+    # reloads run one at a time: an endless shadow run would block every later one
+    return None if 0 <= v <= MAX_SHADOW_TICKS else f"must be >= 0 and <= {MAX_SHADOW_TICKS}"
 
 
-def _positive(v: float) -> str | None:
-    return None if math.isfinite(v) and v > 0 else "must be a finite number > 0"
+def _timeout(v: float) -> str | None:
+    ok = math.isfinite(v) and 0 < v <= MAX_TIMEOUT_S
+    return None if ok else f"must be a finite number > 0 and <= {MAX_TIMEOUT_S:.0f}"
+
+
+def _depth(v: object, limit: int) -> bool:
+    """Whether ``v`` nests containers deeper than ``limit`` (iteratively: no recursion)."""
+    stack = [(v, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict | list):
+            if d >= limit:
+                return True
+            stack.extend((y, d + 1) for y in (x.values() if isinstance(x, dict) else x))
+    return False
 
 
 def _one_target(args: dict[str, Any]) -> str | None:
@@ -125,9 +142,9 @@ COMMANDS: dict[str, CommandSpec] = {
         "params": Arg((dict,), "strategy params (a JSON object)"),
         "previous": Arg((bool,), "go back to the previous version"),
         "to": Arg((str,), "go to the version whose sha256 starts with this hex", _sha_prefix),
-        "shadow": Arg((int,), "shadow period before the hand-over (>= 0)", _not_negative),
+        "shadow": Arg((int,), "shadow period before the hand-over (>= 0)", _shadow_ticks),
         "dry_run": Arg((bool,), "load and verify only, do not hand over"),
-        "timeout": Arg((int, float), "seconds the new version has to get ready", _positive),
+        "timeout": Arg((int, float), "seconds the new version has to get ready", _timeout),
     }, _one_target),
     "params": CommandSpec("reload the active strategy version with new params", {
         "params": Arg((dict,), "strategy params (a JSON object), verified like a reload",
@@ -217,6 +234,10 @@ def parse_command(raw: object) -> Command:
     args = raw.get("args", {})
     if not isinstance(args, dict):
         raise InputError(f"{name}: args must be an object, not {json_type(args)}")
+    if _depth(args, MAX_DEPTH):
+        # orjson reads deeper documents than it writes: such args could be parsed here and
+        # then fail to serialise later, deep inside the supervisor
+        raise InputError(f"{name}: args nest deeper than {MAX_DEPTH} levels")
     for key, value in args.items():
         arg = spec.args.get(key)
         if arg is None:

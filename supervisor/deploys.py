@@ -9,10 +9,12 @@ position (``--previous``). ``deploys.jsonl`` lists the versions that became acti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from core.errors import InputError
 
 log = logging.getLogger("supervisor.deploys")
 SHA_PREFIX = 16
+MAX_STRATEGY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,17 @@ class DeployStore:
         """Hash ``source`` and keep an immutable copy of it. InputError when unreadable."""
         source = Path(source)
         try:
-            data = source.read_bytes()
+            # non-blocking and size-checked: a FIFO or /dev/zero named as the strategy must
+            # not hang or exhaust the supervisor
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise InputError(f"strategy file {source} is not a regular file")
+                if st.st_size > MAX_STRATEGY_BYTES:
+                    raise InputError(f"strategy file {source} is {st.st_size} bytes, over "
+                                     f"the {MAX_STRATEGY_BYTES} limit")
+                data = f.read(MAX_STRATEGY_BYTES + 1)
         except OSError as e:
             raise InputError(f"cannot read strategy file {source}: {e.strerror or e}") from e
         sha = hashlib.sha256(data).hexdigest()
@@ -59,7 +72,9 @@ class DeployStore:
         dest = self.dir / f"{sha[:SHA_PREFIX]}.py"
         if not dest.exists():
             tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, dest)

@@ -56,6 +56,11 @@ def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - child, befo
         os._exit(1)
 
 
+# Credential variables (position_worker/credentials.py): passed to the position worker only.
+SECRET_ENV = frozenset({"NOBLINK_PK", "NOBLINK_CLOB_API_KEY", "NOBLINK_CLOB_SECRET",
+                        "NOBLINK_CLOB_PASSPHRASE"})
+
+
 class ChildState(enum.IntEnum):
     IDLE = 0
     STARTING = 1      # spawned, not yet registered in the control block
@@ -93,6 +98,7 @@ class ChildSpec:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     heartbeat_timeout: float = 15.0             # wall seconds without a heartbeat = hung
     stop_grace: float = 10.0                    # TERM -> KILL after this many seconds
+    secrets: bool = False                       # gets the wallet's credentials (SECRET_ENV)
 
 
 class Child:
@@ -133,11 +139,19 @@ class Child:
                 # Own session: a Ctrl-C in the operator's terminal reaches the supervisor
                 # only, which then stops the children in order (strategy first).
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1",
+                env={**self._environ(), "PYTHONUNBUFFERED": "1",
                      # everything goes to logs/<role>.jsonl (rotated); this file gets warnings
                      "NOBLINK_STREAM_LOG_LEVEL": "WARNING"})
         self.started_at = self._now()
         self.fsm.to(ChildState.STARTING, f"pid {self.proc.pid}: {' '.join(argv)}")
+
+    def _environ(self) -> dict[str, str]:
+        """Our environment, without the wallet's secrets unless this child needs them (only
+        the position worker, the one exchange client, does: a hot-loaded strategy, the
+        network-facing API or the feed have no business reading a private key)."""
+        if self.spec.secrets:
+            return dict(os.environ)
+        return {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
 
     def poll(self) -> int | None:
         """Reap: the exit code if the process ended since the last poll, else None."""

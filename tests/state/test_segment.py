@@ -91,6 +91,7 @@ def test_header_mismatches_are_refused_naming_both_sides(run_paths: RunPaths) ->
         seg.close()
     short = run_paths.seg("short")
     short.write_bytes(b"NOBLINK")
+    short.chmod(0o600)                     # ours and private: only its size is wrong
     try:
         with pytest.raises(SegmentMismatchError, match="smaller than a header"):
             Segment.attach(short, SegmentKind.TABLE, HASH)
@@ -293,3 +294,33 @@ def test_a_segment_bigger_than_dev_shm_fails_at_create(run_paths: RunPaths) -> N
     with pytest.raises(SegmentError, match="full"):
         Segment.create(path, SegmentKind.TABLE, HASH, total)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("mode", [0o660, 0o606, 0o666])
+def test_a_segment_others_can_write_is_refused(run_paths: RunPaths, mode: int) -> None:
+    """/dev/shm is world-writable: a segment planted under our name (or loosened) must not be
+    adopted or attached for writing, whatever its header says."""
+    cb = ControlBlock.create(run_paths.seg("control"), run_paths.run_id)
+    try:
+        os.chmod(run_paths.seg("control"), mode)
+        with pytest.raises(SegmentError, match="not ours and 0600"):
+            ControlBlock.attach(run_paths.seg("control"))
+        with pytest.raises(SegmentError, match="not ours and 0600"):
+            ControlBlock.create(run_paths.seg("control"), run_paths.run_id)   # adopt
+        ControlBlock.attach(run_paths.seg("control"), readonly=True).close()  # inspector
+    finally:
+        cb.unlink()
+        cb.close()
+
+
+def test_a_segment_of_another_user_is_refused(run_paths: RunPaths) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to chown")
+    cb = ControlBlock.create(run_paths.seg("control"), run_paths.run_id)
+    try:
+        os.chown(run_paths.seg("control"), 65534, 65534)
+        with pytest.raises(SegmentError, match="owned by uid 65534"):
+            ControlBlock.attach(run_paths.seg("control"))
+    finally:
+        cb.unlink()
+        cb.close()

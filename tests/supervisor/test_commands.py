@@ -133,3 +133,14 @@ def test_every_command_by_file_and_cli_and_bad_input(bot: Bot) -> None:
     r = cli(bot, "stop")
     assert r.returncode == 0, r.stderr
     assert bot.proc.wait(120) == 0, bot.tail()
+
+
+def test_a_second_supervisor_on_the_same_run_dir_is_refused(bot: Bot) -> None:
+    s = bot.wait_active()
+    r = subprocess.run([sys.executable, "-m", "supervisor.cli", "run", "--no-api",
+                        "--run-dir", str(bot.run_dir)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "another noblink supervisor" in r.stderr, r.stderr[-2000:]
+    bot.wait_ticks(2)                       # the first one never noticed
+    assert bot.status()["run_id"] == s["run_id"] and bot.active()
+    assert bot.stop() == 0, bot.tail()

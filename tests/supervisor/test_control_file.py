@@ -611,3 +611,36 @@ def test_end_to_end_ack_through_status(run: Run) -> None:
     status.write_bytes(orjson.dumps({"commands": run.ledger.records()}))
     ft = FakeTime()
     assert wait_for_ack(status, cid, 1, clock=ft.clock, sleep=ft.sleep)["result"] == "ok"
+
+
+def _nested(depth: int) -> list:
+    v: list = [1]
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("args, why", [
+    ({"params": {"a": _nested(40)}}, "deeper than"),
+    ({"shadow": 1001}, "shadow must be >= 0 and <= 1000"),
+    ({"timeout": 1e300}, "timeout must be a finite number > 0 and <= 3600"),
+])
+def test_reload_args_are_bounded(args: dict, why: str) -> None:
+    with pytest.raises(InputError, match=why):
+        parse_command({"id": "b1", "cmd": "reload", "args": args})
+
+
+def test_a_fifo_or_a_device_is_no_strategy_file(tmp_path: Path) -> None:
+    from supervisor.deploys import DeployStore
+
+    fifo = tmp_path / "fifo.py"
+    os.mkfifo(fifo)
+    store = DeployStore(tmp_path)
+    with pytest.raises(InputError, match="not a regular file"):
+        store.stage(fifo, {})                       # must not block
+    with pytest.raises(InputError, match="not a regular file"):
+        store.stage(Path("/dev/zero"), {})
+    big = tmp_path / "big.py"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(InputError, match="over the"):
+        store.stage(big, {})

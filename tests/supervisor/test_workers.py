@@ -116,3 +116,16 @@ def test_started_child_has_the_death_signal_armed(tmp_path) -> None:
     c.start()
     assert c.wait(30)
     assert c.poll() == int(signal.SIGTERM)
+
+
+def test_only_a_child_that_needs_them_gets_the_wallet_secrets(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("NOBLINK_PK", "0x" + "ab" * 32)
+    monkeypatch.setenv("NOBLINK_FUNDER", "0x" + "cd" * 20)       # public: passed to all
+    code = "import os; print(os.environ.get('NOBLINK_PK'), os.environ.get('NOBLINK_FUNDER'))"
+    for name, secrets in (("plain", False), ("position", True)):
+        c = Child(ChildSpec(name, lambda: ["-c", code], secrets=secrets), tmp_path)
+        c.start()
+        assert c.wait(30)
+        out = (tmp_path / f"{name}.log").read_text().split()
+        assert out[0] == ("0x" + "ab" * 32 if secrets else "None")
+        assert out[1] == "0x" + "cd" * 20
