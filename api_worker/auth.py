@@ -17,6 +17,7 @@ a browser must be able to load before it has the token (page.py).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
@@ -80,6 +81,23 @@ def load_or_create_token(path: Path) -> str:
     raise OperatorError(f"cannot create {path}: it keeps changing under us")
 
 
+def _literal_host(host: str) -> bool:
+    """Whether the Host header names an IP address or localhost (not a DNS name)."""
+    if host.startswith("[") and "]" in host:        # [::1]:8787
+        name = host[1:host.index("]")]
+    elif host.count(":") == 1:                      # 127.0.0.1:8787, localhost:8787
+        name = host.split(":", 1)[0]
+    else:
+        name = host
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 class Auth:
     """The request check, as an aiohttp middleware."""
 
@@ -99,8 +117,14 @@ class Auth:
     def check(self, request: web.Request) -> None:
         header = request.headers.get("Authorization")
         if header is None:
-            if request.method in READ_METHODS and (self.public_read
-                                                   or request.path in self.public_paths):
+            if request.method in READ_METHODS and request.path in self.public_paths:
+                return
+            if request.method in READ_METHODS and self.public_read:
+                if not _literal_host(request.host):
+                    # DNS rebinding: a web page the operator visits can point its own name
+                    # at 127.0.0.1 and read a tokenless API; its requests carry that name
+                    raise ApiError(403, "token-less reads need an IP address or localhost "
+                                   "in the Host header (a name could be DNS rebinding)")
                 return
             raise ApiError(401, "missing token: send 'Authorization: Bearer <token>' (the "
                            "token is in <run dir>/api.token)", headers=_CHALLENGE)

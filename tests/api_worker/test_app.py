@@ -89,6 +89,16 @@ async def test_public_read_opens_reads_only(run: FakeRun) -> None:
             == 403
 
 
+async def test_public_reads_refuse_a_dns_name_in_host(run: FakeRun) -> None:
+    """DNS rebinding: a page on evil.example that resolves to 127.0.0.1 sends its own name."""
+    async with TestClient(TestServer(make_app(run, public_read=True))) as c:
+        for host, status in (("evil.example:8787", 403), ("127.0.0.1:8787", 200),
+                             ("localhost:8787", 200), ("[::1]:8787", 200)):
+            assert (await c.get("/api/status", headers={"Host": host})).status == status, host
+        r = await c.get("/api/status", headers={"Host": "evil.example", **AUTH})
+        assert r.status == 200                     # with the token the name does not matter
+
+
 async def test_the_compare_is_constant_time(client: TestClient, monkeypatch) -> None:
     seen = []
     real = hmac.compare_digest
