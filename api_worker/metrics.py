@@ -8,9 +8,9 @@ the API's own request counters, and everything else comes from the files. Metric
 source is missing (no feed row yet, no reload with a handoff) are left out rather than
 reported as 0. docs/api.md lists every metric.
 
-Histograms: status.json carries no per-tick samples, only the feed's latency p50/p99 and (when
-present) the active lane's evaluation p50, so these are gauges with a ``quantile`` label, not
-a histogram.
+Evaluation time is a histogram (the strategy worker's per-bucket counts, via status.json);
+the feed's latency p50/p99 and the active lane's tick-to-evaluated median are gauges with a
+``quantile`` label: only those summaries exist upstream.
 """
 
 from __future__ import annotations
@@ -22,14 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from api_worker.reader import JsonFile, ReloadLog
 from state.segment import PREFIX, SHM_DIR
 
-Metric = CounterMetricFamily | GaugeMetricFamily
+Metric = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 NS = "noblink"
 # keys the active lane's evaluation p50 may appear under in status.json, and their unit (s)
 EVAL_P50_KEYS = (("eval_p50_ms", 1e-3), ("lat_p50_ms", 1e-3), ("latency_p50_ms", 1e-3),
@@ -76,6 +80,22 @@ class _Families:
     def counter(self, name: str, doc: str, value: Any,
                 labels: dict[str, str] | None = None) -> None:
         self.add("counter", name, doc, value, labels)
+
+    def histogram(self, h: dict[str, Any]) -> None:
+        """The active worker's 16-slot evaluation time (status: strategy.lanes.N.eval_hist:
+        per-bucket counts, bucket bounds in ms, the sum): cumulative buckets in seconds."""
+        bounds, counts, total = h.get("le_ms"), h.get("counts"), _num(h.get("sum_ms"))
+        if not (isinstance(bounds, list) and isinstance(counts, list) and total is not None
+                and len(counts) == len(bounds) + 1
+                and all(_num(x) is not None for x in [*bounds, *counts])):
+            return
+        running, buckets = 0.0, []
+        for le, n in zip([*(f"{b / 1000:g}" for b in bounds), "+Inf"], counts, strict=True):
+            running += float(n)
+            buckets.append((le, running))
+        self._fams["evaluation_seconds"] = HistogramMetricFamily(
+            f"{NS}_evaluation_seconds", "time to evaluate every slot of a tick (active lane)",
+            buckets=buckets, sum_value=total / 1000)
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._fams.values())
@@ -191,6 +211,7 @@ class StatusCollector(Collector):
     @staticmethod
     def _eval(f: _Families, st: dict[str, Any]) -> None:
         lane = _dict(_dict(st.get("lanes")).get(str(st.get("active_lane"))))
+        f.histogram(_dict(lane.get("eval_hist")))
         for key, scale in EVAL_P50_KEYS:
             if _num(lane.get(key)) is not None:
                 f.gauge("evaluation_latency_seconds", "tick published to all slots evaluated, "

@@ -30,8 +30,9 @@ themselves so that one writer's stores do not invalidate another's line:
                                    (written by the supervisor when a worker drains;
                                    NO_FENCE = 2**64-1 when open)
     992   32     reserved
-    1024  384*2  lanes[2]          LANE_DT: the supervisor <-> strategy worker mailbox of lane
-                                   l (commands, drain/handoff reports, decisions per tick)
+    1024  448*2  lanes[2]          LANE_DT: the supervisor <-> strategy worker mailbox of lane
+                                   l (commands, drain/handoff reports, decisions per tick,
+                                   evaluation-time histogram)
 
 The kill switch is a handshake over the flags. The supervisor's ``kill`` clears kill_done,
 then sets paused and kill; the position worker, seeing kill set and kill_done clear, refuses

@@ -305,23 +305,27 @@ class Decided(enum.IntEnum):
     ERROR = 4            # evaluate() raised
 
 
+# Upper bounds (ms) of the evaluation-time histogram's buckets; the last one is +Inf.
+EVAL_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0)
+
 # One strategy lane's mailbox in the control block (supervisor -> worker commands, worker ->
 # supervisor reports). Commands: the supervisor writes the arguments, then cmd, then cmd_seq
-# last; reports: the worker writes every field, then ack_seq last. 384 bytes.
+# last; reports: the worker writes every field, then ack_seq last. 448 bytes.
 LANE_DT = np.dtype({
     "names": ["cmd_seq", "cmd", "arg_gen", "arg_tick", "arg_epoch", "arg_n",
               "ack_seq", "ack", "gen", "tick", "head", "evaluated", "eval_errors", "skipped",
               "first_lat_ns", "lat_p50_ns", "active_tick", "shadow_diffs",
-              "dec_ticks", "decisions"],
+              "dec_ticks", "decisions", "eval_buckets", "eval_sum_ns"],
     "formats": ["<u8", "<u4", "<u8", "<u8", "<u8", "<u8",
                 "<u8", "<u4", "<u8", "<u8", "<u8", "<u8", "<u8", "<u8",
                 "<i8", "<i8", "<u8", "<u8",
-                ("<u8", (DECISION_HISTORY,)), ("u1", (DECISION_HISTORY, MAX_SLOTS))],
+                ("<u8", (DECISION_HISTORY,)), ("u1", (DECISION_HISTORY, MAX_SLOTS)),
+                ("<u8", (len(EVAL_BUCKETS_MS) + 1,)), "<u8"],
     "offsets": [0, 8, 16, 24, 32, 40,
                 64, 72, 80, 88, 96, 104, 112, 120,
                 128, 136, 144, 152,
-                192, 224],
-    "itemsize": 384,
+                192, 224, 352, 416],
+    "itemsize": 448,
 })
 
 

@@ -12,6 +12,7 @@ supervisor the same way (``notify_pid``). The lifecycle is in strategy_worker/li
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import gc
@@ -32,6 +33,7 @@ from state.control import ControlBlock, WorkerSlot
 from state.intents import IntentWriter
 from state.layout import (
     DECISION_HISTORY,
+    EVAL_BUCKETS_MS,
     MAX_SLOTS,
     TICK_DT,
     Decided,
@@ -431,7 +433,9 @@ class StrategyWorker:
         ``trade``), commit; returns the number of intents sent."""
         tick = int(rec["tick"])
         trade = trade and self.trading and self.control.active_epoch == self.epoch
+        t0 = time.perf_counter_ns()
         codes, decided = self.evaluate_tick(self.instance, rec)
+        self._observe_eval(time.perf_counter_ns() - t0)
         sent = 0
         for view, decision in decided if trade else ():
             key = (view.slot, view.window_start)
@@ -450,6 +454,13 @@ class StrategyWorker:
         self.control.set_epoch_tick(self.epoch, tick)
         self._publish_cycle(tick, codes, rec, fresh=trade)
         return sent
+
+    def _observe_eval(self, ns: int) -> None:
+        """One sample of the 16-slot evaluation time into the lane's histogram (cumulated
+        by the reader: status.json, /metrics)."""
+        lane = self.control.lanes[self.lane]
+        lane["eval_buckets"][bisect.bisect_left(EVAL_BUCKETS_MS, ns / 1e6)] += 1
+        lane["eval_sum_ns"] += ns
 
     def _publish_cycle(self, tick: int, codes: np.ndarray, rec: np.void, *, fresh: bool) -> None:
         if fresh:

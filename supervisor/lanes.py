@@ -35,7 +35,7 @@ import orjson
 from core.errors import SnapshotCorruptError, SnapshotEmptyError
 from core.proc import EXIT_BROKEN_CODE, NO_RESTART_EXITS
 from state.control import ControlBlock, WorkerSlot
-from state.layout import N_LANES, LaneAck, LaneCommand
+from state.layout import EVAL_BUCKETS_MS, N_LANES, LaneAck, LaneCommand
 from state.snapshot import SnapshotRegion
 from strategy_worker.lifecycle import StrategyState
 from strategy_worker.report import read_report
@@ -463,6 +463,9 @@ class Lanes:
                 "evaluated": int(rec["evaluated"]), "eval_errors": int(rec["eval_errors"]),
                 "skipped_ticks": int(rec["skipped"]),
                 "lat_p50_ms": round(int(rec["lat_p50_ns"]) / 1e6, 3),
+                "eval_hist": {"le_ms": list(EVAL_BUCKETS_MS),
+                              "counts": [int(c) for c in rec["eval_buckets"]],
+                              "sum_ms": round(int(rec["eval_sum_ns"]) / 1e6, 3)},
                 "fence": self.control.fence(lane), "decided": self.control.decided(lane)}
         cur = self.current
         return {"active_lane": self.active, "sha256": cur.sha256 if cur else None,

@@ -381,6 +381,11 @@ async def test_metrics_from_the_status(client: TestClient, run: FakeRun) -> None
     assert m[("noblink_rejections_total", (("reason", "DUPLICATE"),))] == 1
     assert m[("noblink_win_rate", (("window", "100"),))] == 0.5
     assert m[("noblink_evaluation_latency_seconds", (("quantile", "0.5"),))] == 0.0025
+    assert m[("noblink_evaluation_seconds_bucket", (("le", "0.001"),))] == 3   # cumulative
+    assert m[("noblink_evaluation_seconds_bucket", (("le", "0.005"),))] == 9
+    assert m[("noblink_evaluation_seconds_bucket", (("le", "+Inf"),))] == 10
+    assert m[("noblink_evaluation_seconds_count", ())] == 10
+    assert m[("noblink_evaluation_seconds_sum", ())] == 0.15
     assert m[("noblink_shm_bytes", ())] == os.stat(run.paths.seg("windows")).st_size
     assert m[("noblink_status_up", ())] == 1
     run.write_status(tick=25)
