@@ -21,6 +21,7 @@ from py_clob_client_v2.exceptions import PolyApiException
 
 from core.markets import market_slug
 from sim.testing import admin_request, clear_faults, order_log, set_fault
+from tests.waiting import wait_for
 
 
 async def aset(sim, **kw: Any) -> dict[str, Any]:
@@ -246,8 +247,9 @@ def test_order_delay_makes_the_reply_late_but_the_order_exists(sim):
                                  method="POST", headers=headers)
     with pytest.raises((TimeoutError, socket.timeout, urllib.error.URLError)):
         urllib.request.urlopen(req, timeout=0.3)
-    open_ids = [o["market"] for o in c.get_open_orders()]
-    assert len(open_ids) == 1                    # it was placed despite the timeout
+    # it was placed despite the timeout (the sim handles the request on its own schedule:
+    # under load that can be after our 0.3 s, so wait for it rather than look once)
+    wait_for(lambda: len(c.get_open_orders()) == 1, 30, "the timed-out order to be resting")
     clear_faults(sim.admin)
     with pytest.raises(PolyApiException) as e:   # a blind resend is a duplicate
         c.post_order(order)
