@@ -54,6 +54,3 @@ TRANSITIONS: dict[StrategyState, frozenset[StrategyState]] = {
     _S.RETIRED: frozenset(),
     _S.FAILED: frozenset({_S.RETIRED}),
 }
-
-# States in which the worker holds a verified strategy that could take over.
-STANDBY_STATES = frozenset({_S.READY, _S.SHADOW, _S.HANDED})

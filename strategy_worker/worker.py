@@ -46,7 +46,7 @@ from state.ring import RingReader
 from state.run import TICK_RING_CAPACITY, RunPaths
 from state.snapshot import Snapshot, SnapshotRegion
 from strategy_worker.api import Decision, SlotView
-from strategy_worker.lifecycle import STANDBY_STATES, TRANSITIONS, StrategyState
+from strategy_worker.lifecycle import TRANSITIONS, StrategyState
 from strategy_worker.loader import LoadedStrategy
 from strategy_worker.report import Report
 from strategy_worker.views import StateViews
@@ -563,4 +563,4 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-__all__ = ["STANDBY_STATES", "StrategyWorker", "sha256_of"]
+__all__ = ["StrategyWorker", "sha256_of"]

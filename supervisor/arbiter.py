@@ -79,7 +79,7 @@ class SupervisorConfig:
     speed: float = 1.0
     seed: int = 1
     strategy: Path | None = None
-    params: str = "{}"
+    params: str | None = None            # JSON object; None: the deployment's own (or {})
     stake: float = 5.0
     heartbeat_timeout: float = 15.0
     start_timeout: float = 60.0
@@ -344,7 +344,7 @@ class Supervisor:
                 log.error("%s; the bot runs without it (the restart policy retries)", e)
                 if child.state == ChildState.EXITED:
                     child.plan_restart()
-        self.desk.start_strategy(self.cfg.strategy or DEFAULT_STRATEGY, self.cfg.params)
+        self.desk.start_strategy(self.cfg.strategy, self.cfg.params, DEFAULT_STRATEGY)
 
     def _start(self, child: Child) -> None:
         assert self.control is not None and self.paths is not None

@@ -42,8 +42,12 @@ def _run(argv: list[str]) -> int:
     ap.add_argument("--live", action="store_true", help="required with --mode live")
     ap.add_argument("--speed", type=float, default=1.0, help="sim clock speed (sim mode)")
     ap.add_argument("--seed", type=int, default=1, help="sim price seed (sim mode)")
-    ap.add_argument("--strategy", type=Path, default=None, help="strategy file")
-    ap.add_argument("--params", default="{}", help="strategy params (JSON object)")
+    ap.add_argument("--strategy", type=Path, default=None,
+                    help="strategy file (default: the version active last in this run "
+                    "directory, else strategies/momentum.py)")
+    ap.add_argument("--params", default=None,
+                    help="strategy params (JSON object; default: those of the version "
+                    "that starts)")
     ap.add_argument("--stake", type=float, default=5.0)
     ap.add_argument("--api", default="127.0.0.1:8787", metavar="HOST:PORT",
                     help="the HTTP API and dashboard (default 127.0.0.1:8787; port 0: any "

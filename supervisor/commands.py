@@ -123,20 +123,43 @@ class CommandDesk:
         log.info("SIGHUP: reloading %s (%s)", d.source, d.short)
         self.lanes.request(ReloadRequest("sighup", d))
 
-    def start_strategy(self, source: Path, params_json: str) -> None:
-        """The first strategy of this run: a reload from nothing."""
+    def start_strategy(self, source: Path | None, params_json: str | None,
+                       default: Path) -> None:
+        """The first strategy of this run: a reload from nothing. Without an explicit
+        ``--strategy`` it is the version that was active last in this run directory (an
+        operator's reloads survive a restart), else ``default``."""
+        params: dict | None = None
+        if params_json is not None:
+            try:
+                params = orjson.loads(params_json)
+            except orjson.JSONDecodeError as e:
+                raise OperatorError(f"--params is not JSON: {e}") from e
+            if not isinstance(params, dict):
+                raise OperatorError("--params must be a JSON object")
+        d = self._last_deployed() if source is None else None
         try:
-            params = orjson.loads(params_json)
-        except orjson.JSONDecodeError as e:
-            raise OperatorError(f"--params is not JSON: {e}") from e
-        if not isinstance(params, dict):
-            raise OperatorError("--params must be a JSON object")
-        try:
-            d = self.lanes.deploys.stage(Path(source), params)
+            if d is None:
+                d = self.lanes.deploys.stage(Path(source or default), params or {})
+            elif params is not None:
+                d = Deployment(d.source, d.sha256, d.path, params)
         except InputError as e:
             raise OperatorError(str(e)) from e
         self.lanes.current = None
         self.lanes.request(ReloadRequest("start", d))
+
+    def _last_deployed(self) -> Deployment | None:
+        history = self.lanes.deploys.history()
+        if not history:
+            return None
+        try:
+            d = self.lanes.deploys.by_sha(str(history[-1].get("sha256", "")),
+                                          history[-1].get("params", {}))
+        except InputError as e:
+            log.warning("the last deployed version is not usable (%s): starting the default",
+                        e)
+            return None
+        log.info("continuing with the last deployed version %s (%s)", d.short, d.source)
+        return d
 
     # -- actions ----------------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -134,7 +133,3 @@ class DeployStore:
             raise InputError(f"deployed copy {path} is gone")
         return Deployment(doc.get("source", str(path)), doc["sha256"], path,
                           dict(doc.get("params", {})))
-
-
-def copy_file(src: Path, dst: Path) -> None:   # pragma: no cover - kept for tools
-    shutil.copyfile(src, dst)

@@ -129,7 +129,6 @@ class Reload:
         self.old_lat_p50_ns = 0
         self._takeover_seq = 0
         self._retire_sent = False
-        self.record_extra: dict[str, Any] = {}
 
     @property
     def _verify_s(self) -> float:
@@ -415,5 +414,5 @@ class Reload:
             "first_tick_extra_ms": first_extra,
             "last_tick_old": last_old, "first_tick_new": first_new,
             "missed_ticks": missed, "duplicate_ticks": dup,
-            "drained": self.drained, "shadow": self.shadow_report, **self.record_extra,
+            "drained": self.drained, "shadow": self.shadow_report,
         }

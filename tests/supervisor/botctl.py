@@ -96,7 +96,7 @@ class Bot:
     """`noblink run` against the sim in ``run_dir``; stop() checks that nothing is left."""
 
     def __init__(self, tmp: Path, *, speed: float = 30, strategy: str | None = None,
-                 args: tuple[str, ...] = ("--no-api",)) -> None:
+                 args: tuple[str, ...] = ("--no-api",), explicit: bool = True) -> None:
         self.tmp = tmp
         self.run_dir = tmp / "run"
         self.strategy = tmp / "strategy.py"
@@ -105,7 +105,8 @@ class Bot:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.cli", "run", "--speed", str(speed),
-                 "--run-dir", str(self.run_dir), "--strategy", str(self.strategy), *args],
+                 "--run-dir", str(self.run_dir),
+                 *(["--strategy", str(self.strategy)] if explicit else []), *args],
                 stdout=out, stderr=subprocess.STDOUT)
         self.run_id = ""
 

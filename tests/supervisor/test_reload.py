@@ -204,3 +204,27 @@ def test_a_restarted_bot_starts_from_the_saved_state_and_evaluates_at_once(
     finally:
         second.kill_everything()
     assert not second.leftovers()
+
+
+def test_a_restart_without_strategy_continues_with_the_last_deployed_version(
+        tmp_path: Path) -> None:
+    """An operator's reloads survive a restart: `noblink run` without --strategy starts the
+    version that was active last in that run directory (with its params)."""
+    first = Bot(tmp_path)
+    try:
+        first.wait_active()
+        _, rec = first.deploy(strategy_source("deployed"), "deployed", params={"k": 1})
+        assert rec["result"] == "ok", rec
+        assert first.stop() == 0, first.tail()
+    finally:
+        first.kill_everything()
+    second = Bot(tmp_path, explicit=False)
+    try:
+        s = second.wait_active()
+        assert s["strategy"]["sha256"] == rec["sha256"]
+        assert s["strategy"]["params"] == {"k": 1}
+        assert s["reloads"][-1]["trigger"] == "start"
+        assert second.stop() == 0, second.tail()
+    finally:
+        second.kill_everything()
+    assert not second.leftovers()
