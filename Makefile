@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ring bench-feed bench-reload bench-wakeup sim inspect clean soak test-dashboard
+.PHONY: run test lint bench bench-ring bench-feed bench-reload bench-wakeup sim inspect clean soak test-dashboard chaos
 
 # (Re)create the venv when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -51,7 +51,16 @@ bench-reload: $(STAMP)
 bench-wakeup: $(STAMP)
 	$(PY) -m bench.wakeup
 
-bench: bench-ring bench-feed bench-reload
+# Every benchmark in one run (ring, feed, reload + wake-up, and the alternatives to a hot reload:
+# cold restart, strategy restart, in-process importlib.reload; reaction, tick, footprint):
+# bench/results/latest.json with stable keys, a table with the targets (docs/benchmarks.md).
+bench: $(STAMP)
+	$(PY) -m bench.run_all $(ARGS)
+
+# kill -9 and reload storms against a real bot (chaos/): a table, bench/results/chaos.json,
+# non-zero on any loss. ARGS="--only strategy-kill --runs 3" for a short one.
+chaos: $(STAMP)
+	$(PY) -m chaos $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -128,13 +128,18 @@ class Bot:
     run_id: str | None = None
     _out: IO[bytes] | None = None
 
-    def __init__(self, speed: float) -> None:
+    def __init__(self, speed: float, *, run_dir: Path | None = None,
+                 extra_args: Sequence[str] = (), out_name: str = "supervisor.out") -> None:
+        """``run_dir``: an existing run dir (a restart of the bot in it; bench/run_all.py),
+        else a fresh private one; ``extra_args`` are added to ``noblink run``."""
         self.speed = speed
-        self.run_dir = Path(tempfile.mkdtemp(prefix="noblink-bench-reload-"))   # mode 0700
+        self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="noblink-bench-reload-"))
+        self.extra_args = tuple(extra_args)
         self.status_path = self.run_dir / "status.json"
         self.control_path = self.run_dir / "control.json"
-        self.out_path = self.run_dir / "supervisor.out"
+        self.out_path = self.run_dir / out_name
         self.cleanup = Cleanup()
+        self.started_mono = 0.0          # time.monotonic() right before the Popen
 
     @property
     def tick_s(self) -> float:
@@ -143,8 +148,9 @@ class Bot:
     def start(self) -> None:
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "supervisor.cli", "run", "--speed", f"{self.speed:g}",
-               "--run-dir", str(self.run_dir)]
+               "--run-dir", str(self.run_dir), *self.extra_args]
         # Its own session: if it has to be killed, its whole process group goes with it.
+        self.started_mono = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
