@@ -138,16 +138,7 @@ class StrategyWorker:
         if self.auto_handoff:          # a worker run alone (tests, tools): take the newest
             self.handoff(**self._newest_args())
         while not stop.is_set() and self.state != _S.RETIRED:
-            self.control.heartbeat(self.slot, self.clock.monotonic_ns())
-            self._poll_ticks()
-            self._handle_command()
-            self._follow_drain()
-            if self.state == _S.HANDED and self.control.active_epoch == self.epoch:
-                self._activate()
-            if self.state == _S.ACTIVE:
-                self._evaluate_pending()
-            elif self.state == _S.SHADOW:
-                self._shadow_step()
+            self.turn()
             if self.state != _S.RETIRED:
                 await self._wait(stop, 0.25)
         if self.state == _S.ACTIVE:    # SIGTERM while trading: a final snapshot, then leave
@@ -156,6 +147,20 @@ class StrategyWorker:
             self.fsm.to(_S.DRAINED)
         if self.state != _S.RETIRED:
             self.fsm.to(_S.RETIRED, "stop requested")
+
+    def turn(self) -> None:
+        """One turn of the loop, between two waits: read ticks, answer the supervisor, and
+        evaluate what the state calls for. Never blocks (the tests drive it directly)."""
+        self.control.heartbeat(self.slot, self.clock.monotonic_ns())
+        self._poll_ticks()
+        self._handle_command()
+        self._follow_drain()
+        if self.state == _S.HANDED and self.control.active_epoch == self.epoch:
+            self._activate()
+        if self.state == _S.ACTIVE:
+            self._evaluate_pending()
+        elif self.state == _S.SHADOW:
+            self._shadow_step()
 
     async def _wait(self, stop: asyncio.Event, timeout: float) -> None:
         """Until a tick, a supervisor wake-up (SIGUSR1) or a stop, or ``timeout``."""

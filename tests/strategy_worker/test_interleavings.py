@@ -34,16 +34,8 @@ def cmd(w, c, **a):
 
 
 def loop_once(w):
-    """One turn of StrategyWorker.run's loop body (without the wait)."""
-    w._poll_ticks()
-    w._handle_command()
-    w._follow_drain()
-    if w.state == S.HANDED and w.control.active_epoch == w.epoch:
-        w._activate()
-    if w.state == S.ACTIVE:
-        w._evaluate_pending()
-    elif w.state == S.SHADOW:
-        w._shadow_step()
+    """One turn of StrategyWorker.run's loop (without the wait)."""
+    w.turn()
 
 
 def test_a_shadow_run_keeps_the_ticks_a_later_handover_needs(world):

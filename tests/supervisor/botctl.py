@@ -217,21 +217,19 @@ class Bot:
         doc = orjson.loads((self.run_dir / "snapshot.json").read_bytes())
         return orjson.loads(bytes.fromhex(doc["data"]))["strategy"]
 
-    def journal_intents(self) -> list[dict]:
+    def _journal(self, query: str) -> list[dict]:
         con = sqlite3.connect(f"file:{self.run_dir / 'journal.sqlite'}?mode=ro", uri=True)
         try:
             con.row_factory = sqlite3.Row
-            return [dict(r) for r in con.execute("SELECT * FROM intents ORDER BY id")]
+            return [dict(r) for r in con.execute(query)]
         finally:
             con.close()
 
+    def journal_intents(self) -> list[dict]:
+        return self._journal("SELECT * FROM intents ORDER BY id")
+
     def journal_orders(self) -> list[dict]:
-        con = sqlite3.connect(f"file:{self.run_dir / 'journal.sqlite'}?mode=ro", uri=True)
-        try:
-            con.row_factory = sqlite3.Row
-            return [dict(r) for r in con.execute("SELECT * FROM orders")]
-        finally:
-            con.close()
+        return self._journal("SELECT * FROM orders")
 
 
 def ticks_of(state: dict) -> list[int]:
