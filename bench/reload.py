@@ -465,12 +465,7 @@ def table(res: dict[str, Any]) -> str:
         s = res[key]
         rows.append((label, str(s["n"]), _fmt(s.get("p50")), _fmt(s.get("p99")),
                      _fmt(s.get("max"))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += _table(rows)
     nulls = res["first_tick_extra_ms"]["null"]
     lines += ["",
               f"missed ticks {res['missed_ticks']}, duplicate ticks {res['duplicate_ticks']}, "
@@ -511,12 +506,7 @@ def _wakeup_lines(res: dict[str, Any]) -> list[str]:
         rows.append((run["when"], *(_fmt(hop[k]) for k in ("p50", "p99", "max")),
                      *(_fmt(chain[k]) for k in ("p50", "p99", "max"))))
     if len(rows) > 1:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for j, r in enumerate(rows):
-            lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(r, widths, strict=True))))
-            if j == 0:
-                lines.append("  ".join("-" * w for w in widths))
+        lines += _table(rows)
     lines += failed
     quiet = res.get("wakeup") or {}
     if "chain3_ms" in quiet:
@@ -606,3 +596,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as aligned text: the first column left, the others right, a rule under the
+    header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for j, r in enumerate(rows):
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if j == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
