@@ -37,12 +37,13 @@ from feed_worker.http import AiohttpTransport
 from feed_worker.lifecycle import FEED_TRANSITIONS, ConnState, FeedState, StateMachine
 from feed_worker.publish import KlinePublisher
 from feed_worker.scanner import Scanner
-from feed_worker.segments import FeedAlreadyRunning, FeedSegments
+from feed_worker.segments import FeedSegments
 from feed_worker.stats import FeedStats
 from feed_worker.windows import RollingWindows, row_index
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
 from state.run import RunPaths, default_run_dir
+from state.runlock import RunDirLocked
 
 log = logging.getLogger("feed_worker")
 
@@ -289,7 +290,7 @@ async def amain(args: argparse.Namespace) -> int:
     try:
         await worker.start()
         rc = await worker.run(stop)
-    except FeedAlreadyRunning as e:
+    except RunDirLocked as e:
         log.error("%s", e)
         rc = 3
     except OperatorError as e:

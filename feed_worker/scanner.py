@@ -36,7 +36,6 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from urllib.parse import quote
 
 import numpy as np
@@ -44,6 +43,7 @@ import orjson
 
 from core.clock import ClockLike
 from core.errors import InputError, RetryableError
+from core.gamma import parse_market
 from core.markets import Slot
 from core.proc import truncate
 from feed_worker.config import FeedConfig
@@ -80,43 +80,13 @@ class Quote:
 
 
 
-def _json_list(v: object) -> list:
-    if isinstance(v, str):
-        v = orjson.loads(v)
-    if not isinstance(v, list):
-        raise ValueError(f"expected a list, got {type(v).__name__}")
-    return v
-
-
-def _iso_ts(s: object) -> int:
-    if not isinstance(s, str) or not s:
-        raise ValueError(f"bad date {s!r}")
-    return int(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp())
-
-
 def parse_gamma_market(body: bytes, slug: str, default_end: int) -> MarketInfo:
-    """One Gamma market object -> MarketInfo. Raises InputError when malformed."""
-    try:
-        m = orjson.loads(body)
-        if isinstance(m, list):          # /markets?slug= answers a list
-            if len(m) != 1:
-                raise ValueError(f"{len(m)} markets for one slug")
-            m = m[0]
-        if not isinstance(m, dict):
-            raise ValueError("not an object")
-        outcomes = [str(o).strip().lower() for o in _json_list(m["outcomes"])]
-        tokens = [str(t) for t in _json_list(m["clobTokenIds"])]
-        if len(outcomes) != len(tokens) or set(outcomes) != {"up", "down"}:
-            raise ValueError(f"outcomes {outcomes} / {len(tokens)} tokens are not Up/Down")
-        pair = dict(zip(outcomes, tokens, strict=True))
-        end_ts = _iso_ts(m["endDate"]) if m.get("endDate") else default_end
-        return MarketInfo(slug=str(m.get("slug") or slug),
-                          condition_id=str(m.get("conditionId") or ""),
-                          up_token=pair["up"], down_token=pair["down"], end_ts=end_ts,
-                          accepting=bool(m.get("acceptingOrders", False)),
-                          closed=bool(m.get("closed", False)))
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise InputError(f"bad Gamma market {slug}: {type(e).__name__}: {e}") from None
+    """One Gamma market body -> MarketInfo (core.gamma parses). Raises InputError."""
+    m = parse_market(body, slug)
+    up, down = m.up_down_tokens()
+    return MarketInfo(slug=m.slug, condition_id=m.condition_id, up_token=up, down_token=down,
+                      end_ts=m.end_ts if m.end_ts is not None else default_end,
+                      accepting=m.accepting, closed=m.closed)
 
 
 def _best(levels: object, pick: Callable[..., float]) -> tuple[float, float]:

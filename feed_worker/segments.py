@@ -9,71 +9,32 @@
 
 A feed restarted after a crash adopts all five, so the windows, the markets and the counters
 come back from shared memory. Two live feeds on one run would corrupt each other, so opening
-first takes an exclusive ``flock`` on ``RUN_DIR/feed.lock``, held until ``close()`` (the
-kernel drops it when the process dies, even by kill -9). A lock is race-free where comparing
-the segments' creator PID with live processes is not: two feeds starting at the same moment
-both see "no live owner", and a dead feed's PID reused by an unrelated process would block
-every restart.
+first takes the run dir's feed lock (``state.runlock``: ``RUN_DIR/feed.lock``), held until
+``close()`` (the kernel drops it when the process dies, even by kill -9). A lock is race-free
+where comparing the segments' creator PID with live processes is not: two feeds starting at
+the same moment both see "no live owner", and a dead feed's PID reused by an unrelated process
+would block every restart.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from core.errors import OperatorError
 from core.markets import SLOTS
 from feed_worker.windows import N_ROWS
 from state.layout import FEED_STATS_DT, KLINE_DT, MARKET_DT, TICK_DT, WINDOW_ROW_DT
 from state.ring import RingWriter
 from state.run import KLINE_RING_CAPACITY, TICK_RING_CAPACITY, RunPaths
+from state.runlock import RoleLock
 from state.table import TableWriter
 
 log = logging.getLogger(__name__)
 
 NAMES = ("klines", "ticks", "windows", "markets", "feedstats")
-LOCK_NAME = "feed.lock"
-
-
-class FeedAlreadyRunning(OperatorError):
-    """Another live process owns this run's feed segments."""
-
-
-class FeedLock:
-    """An exclusive ``flock`` on ``run_dir/feed.lock`` for as long as it is held."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> FeedLock:
-        """Take the lock or raise FeedAlreadyRunning (never waits)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise FeedAlreadyRunning(f"{self.path} is held by process {holder}: is a feed "
-                                     "running?") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)     # for the message above only
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Drop the lock (idempotent). The file stays: deleting it would race a new owner."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 @dataclass
 class FeedSegments:
     klines: RingWriter
@@ -81,13 +42,13 @@ class FeedSegments:
     windows: TableWriter
     markets: TableWriter
     stats: TableWriter
-    lock: FeedLock | None = field(default=None, repr=False)
+    lock: RoleLock | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, paths: RunPaths) -> FeedSegments:
         """Take the run's feed lock, then create or adopt every segment; on failure release
-        what was taken. Raises FeedAlreadyRunning when another live process holds the lock."""
-        lock = FeedLock(paths.run_dir).acquire()
+        what was taken. Raises RunDirLocked when another live process holds the lock."""
+        lock = RoleLock(paths.run_dir, "feed", hint="is a feed running?").acquire()
         opened: list = []
         try:
             opened.append(RingWriter(paths.seg("klines"), KLINE_DT, KLINE_RING_CAPACITY,

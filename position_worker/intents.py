@@ -22,6 +22,7 @@ from state.intents import LANES
 from state.layout import INTENT_DT, Outcome
 from state.ring import RingReader, RingWriter
 from state.run import INTENT_RING_CAPACITY, RunPaths
+from state.strings import decode_nul
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class Intent:
                    created_ns=int(rec["created_ns"]), slot=int(rec["slot"]),
                    outcome=int(rec["outcome"]), window_start=int(rec["window_start"]),
                    stake=float(rec["stake"]), max_price=float(rec["max_price"]),
-                   slug=bytes(rec["slug"]).rstrip(b"\0").decode(errors="replace"),
-                   reason=bytes(rec["reason"]).rstrip(b"\0").decode(errors="replace"))
+                   slug=decode_nul(rec["slug"]),
+                   reason=decode_nul(rec["reason"]))
 
     def problems(self) -> str | None:
         """Why the intent is malformed, or None. Structural checks only (no market state)."""

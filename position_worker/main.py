@@ -63,10 +63,10 @@ from position_worker.lifecycle import WorkerState, lifecycle
 from position_worker.markets import MarketsView
 from position_worker.positions import PositionStore
 from position_worker.risk import RiskConfig
-from position_worker.runlock import RunLock
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
 from state.run import RunPaths
+from state.runlock import RoleLock
 
 log = logging.getLogger("position_worker")
 
@@ -228,7 +228,7 @@ class Worker:
             raise UsageError(f"{args.run_dir} is not a run dir (run.json: {e!r})") from None
         # before anything that a second worker could disturb: the control slot, the rings,
         # the journal. Held until the process exits.
-        lock = RunLock(paths.run_dir).acquire()
+        lock = RoleLock(paths.run_dir, "position").acquire()
         self._stack.callback(lock.release)
         try:
             venue = resolve_venue(args, paths)

@@ -15,13 +15,10 @@ import numpy as np
 from core.errors import SegmentError
 from state.layout import MARKET_DT, Outcome, SlotStatus
 from state.run import RunPaths
+from state.strings import decode_nul
 from state.table import TableReader, TornRowError
 
 log = logging.getLogger(__name__)
-
-
-def _s(b: bytes) -> str:
-    return bytes(b).rstrip(b"\0").decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -51,8 +48,8 @@ class MarketQuote:
         return cls(slot=int(row["slot"]), status=int(row["status"]),
                    accepting=bool(row["accepting"]), window_s=int(row["window_s"]),
                    window_start=int(row["window_start"]), end_ts=int(row["end_ts"]),
-                   slug=_s(row["slug"]), condition_id=_s(row["condition_id"]),
-                   up_token=_s(row["up_token"]), down_token=_s(row["down_token"]),
+                   slug=decode_nul(row["slug"]), condition_id=decode_nul(row["condition_id"]),
+                   up_token=decode_nul(row["up_token"]), down_token=decode_nul(row["down_token"]),
                    up_ask=float(row["up_ask"]), up_ask_size=float(row["up_ask_size"]),
                    down_ask=float(row["down_ask"]), down_ask_size=float(row["down_ask_size"]),
                    up_bid=float(row["up_bid"]), down_bid=float(row["down_bid"]),

@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from core.errors import InputError, RetryableError
-from position_worker.gamma import Resolution
+from core.gamma import Resolution
 from position_worker.journal import OrderState
 from state.layout import Outcome
 

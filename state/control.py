@@ -68,6 +68,7 @@ from state.layout import (
     layout_hash,
 )
 from state.segment import Segment, pid_alive
+from state.strings import decode_nul, encode_nul
 
 _OFF_RUN_ID = 64
 _OFF_EPOCH = 128
@@ -122,7 +123,7 @@ class ControlBlock:
         seg, adopted = Segment.create_or_adopt(Path(path), SegmentKind.CONTROL, CONTROL_HASH,
                                                PAYLOAD_SIZE, name="control")
         if not adopted:
-            seg.buf[_OFF_RUN_ID:_OFF_RUN_ID + 32] = run_id.encode()[:32].ljust(32, b"\0")
+            seg.buf[_OFF_RUN_ID:_OFF_RUN_ID + 32] = encode_nul(run_id, 32)
         cb = cls(seg)
         if not adopted:
             for lane in range(N_LANES):
@@ -142,7 +143,7 @@ class ControlBlock:
 
     @property
     def run_id(self) -> str:
-        return bytes(self._buf[_OFF_RUN_ID:_OFF_RUN_ID + 32]).rstrip(b"\0").decode()
+        return decode_nul(self._buf[_OFF_RUN_ID:_OFF_RUN_ID + 32])
 
     # -- epoch (fencing token) ----------------------------------------------------------
 
@@ -298,7 +299,7 @@ class ControlBlock:
                 "pid": pid, "alive": pid_alive(pid), "state": int(w["state"]),
                 "lane": int(w["lane"]), "epoch": int(w["epoch"]),
                 "heartbeat_ns": int(w["heartbeat_ns"]), "started_ns": int(w["started_ns"]),
-                "label": bytes(w["label"]).rstrip(b"\0").decode(errors="replace")}
+                "label": decode_nul(w["label"])}
 
     def close(self) -> None:
         """Idempotent."""

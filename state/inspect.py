@@ -39,13 +39,10 @@ from state.ring import RingReader
 from state.run import SEGMENTS, RunPaths, default_run_dir
 from state.segment import pid_alive, scan_segments
 from state.snapshot import SnapshotRegion
+from state.strings import decode_nul
 from state.table import TableReader
 
 RINGS = {"klines": KLINE_DT, "ticks": TICK_DT, "intents0": INTENT_DT, "intents1": INTENT_DT}
-
-
-def _text(b: bytes) -> str:
-    return bytes(b).rstrip(b"\0").decode(errors="replace")
 
 
 def row_dict(row: np.void) -> dict[str, Any]:
@@ -55,7 +52,7 @@ def row_dict(row: np.void) -> dict[str, Any]:
             continue
         v = row[name]
         if isinstance(v, bytes):
-            out[name] = _text(v)
+            out[name] = decode_nul(v)
         elif isinstance(v, np.ndarray):
             out[name] = v.tolist()
         else:

@@ -41,6 +41,7 @@ from core.errors import (
     SegmentMissingError,
 )
 from state.layout import HEADER_DT, HEADER_SIZE, LAYOUT_VERSION, MAGIC, SegmentKind
+from state.strings import decode_nul
 
 log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
@@ -78,7 +79,7 @@ class Header:
         return cls(magic=bytes(h["magic"]), layout_version=int(h["layout_version"]),
                    kind=int(h["kind"]), layout_hash=int(h["layout_hash"]), size=int(h["size"]),
                    creator_pid=int(h["creator_pid"]), created_ns=int(h["created_ns"]),
-                   name=bytes(h["name"]).rstrip(b"\0").decode(errors="replace"))
+                   name=decode_nul(h["name"]))
 
     def as_dict(self) -> dict:
         known = self.kind in SegmentKind._value2member_map_

@@ -20,14 +20,11 @@ import numpy as np
 from core.markets import KLINE_INTERVALS, SLOTS, SYMBOLS
 from state.layout import WINDOW_ROW_DT, SlotStatus
 from state.run import RunPaths
+from state.strings import decode_nul
 from state.table import TableReader, TornRowError
 from strategy_worker.api import Book, SlotView
 
 log = logging.getLogger(__name__)
-
-
-def _text(b: bytes) -> str:
-    return bytes(b).rstrip(b"\0").decode(errors="replace")
 
 
 class StateViews:
@@ -73,7 +70,7 @@ class StateViews:
             views.append(SlotView(
                 tick=tick, now=now, slot=slot.index, label=slot.label, asset=slot.asset,
                 window_s=slot.window_s, window_start=int(m["window_start"]),
-                end_ts=int(m["end_ts"]), slug=_text(m["slug"]), accepting=bool(m["accepting"]),
+                end_ts=int(m["end_ts"]), slug=decode_nul(m["slug"]), accepting=bool(m["accepting"]),
                 up=Book(float(m["up_bid"]), float(m["up_ask"]), float(m["up_bid_size"]),
                         float(m["up_ask_size"])),
                 down=Book(float(m["down_bid"]), float(m["down_ask"]), float(m["down_bid_size"]),

@@ -30,7 +30,6 @@ snapshot and the position worker rebuilds from its journal.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import select
@@ -51,6 +50,7 @@ from core.proc import private_umask
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
 from state.run import SNAPSHOT_CAPACITY, RunPaths, new_run_id, prepare_run_dir
+from state.runlock import RoleLock
 from state.segment import scan_segments
 from state.snapshot import SnapshotRegion
 from supervisor.commands import CommandDesk
@@ -92,7 +92,7 @@ class SupervisorConfig:
     extra: dict[str, list[str]] = field(default_factory=dict)   # per-child extra argv
 
 
-def _free_port_base(n: int = 5) -> int:
+def _free_port_base(n: int = 6) -> int:
     """A base port with ``n`` consecutive free ports (the sim keeps them across restarts)."""
     for _ in range(50):
         with socket.socket() as s:
@@ -227,19 +227,13 @@ class Supervisor:
         log.info("run %s in %s (mode %s)", self.paths.run_id, run_dir, self.cfg.mode)
 
     def _lock_run_dir(self, run_dir: Path) -> None:
-        """One supervisor per run directory: an flock held for our lifetime (the kernel
-        drops it when we die, so a crash never leaves a stale lock). run.json's pid check
+        """One supervisor per run directory, for our lifetime (state.runlock: the kernel
+        drops the lock when we die, so a crash never leaves a stale one). run.json's pid check
         alone races when two start at once, and two command desks would run every command
         twice."""
-        fd = os.open(run_dir / ".supervisor.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OperatorError(f"another noblink supervisor runs in {run_dir}; stop it "
-                                "first") from None
-        self._lock_fd = fd
+        self._run_lock = RoleLock(run_dir, "supervisor",
+                                  hint="another noblink supervisor runs there; stop it first"
+                                  ).acquire()
 
     def _allocate_epoch(self) -> int:
         self.epoch += 1

@@ -42,6 +42,7 @@ from state.layout import (
     WorkerRole,
 )
 from state.run import RunPaths
+from state.strings import decode_nul
 from state.table import TableReader
 from supervisor.workers import Child
 
@@ -136,7 +137,7 @@ class StatusWriter:
             except NoblinkError:
                 continue
             out.append({"slot": s.index, "label": s.label,
-                        "slug": bytes(m["slug"]).rstrip(b"\0").decode(errors="replace"),
+                        "slug": decode_nul(m["slug"]),
                         "status": SlotStatus(int(m["status"])).name,
                         "window_end": int(m["end_ts"]),
                         "up_ask": _num(m["up_ask"]), "down_ask": _num(m["down_ask"]),

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from feed_worker.segments import FeedAlreadyRunning, FeedSegments
+from feed_worker.segments import FeedSegments
 from state.run import RunPaths
+from state.runlock import RunDirLocked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_second_opener_is_refused_until_the_first_closes(run_paths: RunPaths):
     first = FeedSegments.open(run_paths)
     try:
-        with pytest.raises(FeedAlreadyRunning, match="is a feed running"):
+        with pytest.raises(RunDirLocked, match="is a feed running"):
             FeedSegments.open(run_paths)
     finally:
         first.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.gamma import Resolution
 from core.markets import N_SLOTS, SLOTS
 from position_worker.executors.base import (
     Executor,
@@ -19,7 +20,6 @@ from position_worker.executors.base import (
     SendUncertain,
     taker_fee,
 )
-from position_worker.gamma import Resolution
 from position_worker.journal import Fill, OrderRow
 from state.layout import MARKET_DT, SlotStatus
 from state.run import RunPaths

@@ -614,7 +614,7 @@ async def test_provisional_fill_kept_until_the_venue_shows_all_shares(rig: Rig) 
 
 
 async def test_settlement_backs_off_when_our_outcome_is_missing(rig: Rig) -> None:
-    from position_worker.gamma import Resolution
+    from core.gamma import Resolution
     rig.markets.set(0, T0)
     o = rig.engine.decide(intent())
     await rig.engine.execute(o)

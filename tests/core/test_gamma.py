@@ -1,9 +1,16 @@
+"""core.gamma: the one Gamma market parser (resolution, tokens, tick and minimum size)."""
+
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from core.errors import InputError
-from position_worker.gamma import parse_resolution
+from core.gamma import parse_market
+
+
+def parse_resolution(doc: dict):
+    return parse_market(doc).resolution()
 
 
 def market(**kw: object) -> dict:
@@ -51,3 +58,29 @@ def test_closed_must_be_a_real_true() -> None:
 def test_prices_must_be_finite_and_within_0_1(prices: str) -> None:
     with pytest.raises(InputError):
         parse_resolution(market(outcomePrices=prices, umaResolutionStatus="resolved"))
+
+
+def test_tokens_pair_by_name_and_booleans_must_be_real() -> None:
+    m = parse_market(market(closed=False, outcomes='["Down", "Up"]', clobTokenIds='["2", "1"]',
+                            acceptingOrders="false", endDate="2023-11-14T22:05:00Z"))
+    assert m.up_down_tokens() == ("1", "2")
+    assert not m.accepting and not m.closed and m.end_ts == 1699999500
+    with pytest.raises(InputError, match="not Up/Down"):
+        parse_market(market(outcomes='["Yes", "No"]', clobTokenIds='["1", "2"]')
+                     ).up_down_tokens()
+
+
+def test_tick_and_minimum_size_come_from_the_market() -> None:
+    m = parse_market(market(orderPriceMinTickSize=0.001, orderMinSize="5"))
+    assert (m.tick_size, m.min_size) == (0.001, 5.0)
+    assert (parse_market(market()).tick_size, parse_market(market()).min_size) == (None, None)
+    for bad in ({"orderPriceMinTickSize": "x"}, {"orderMinSize": -1}, {"orderMinSize": "nan"}):
+        with pytest.raises(InputError):
+            parse_market(market(**bad))
+
+
+def test_a_one_element_list_is_the_market_and_junk_is_an_input_error() -> None:
+    assert parse_market(orjson.dumps([market()])).slug == "btc-updown-5m-300"
+    for junk in (b"not json", b"[]", b"[1, 2]", b"42", orjson.dumps([market(), market()])):
+        with pytest.raises(InputError):
+            parse_market(junk)
