@@ -25,6 +25,7 @@ class Endpoints:
     gamma: str
     clob: str
     admin: str | None = None     # sim only
+    rtds: str = ""               # Polymarket's Real-Time Data Socket (Chainlink prices)
 
     @classmethod
     def production(cls) -> Endpoints:
@@ -33,12 +34,14 @@ class Endpoints:
             binance_rest="https://api.binance.com",
             gamma="https://gamma-api.polymarket.com",
             clob="https://clob.polymarket.com",
+            rtds="wss://ws-live-data.polymarket.com",
         )
 
     @classmethod
     def from_sim_info(cls, info: dict) -> Endpoints:
         return cls(binance_ws=info["binance_ws"], binance_rest=info["binance_rest"],
-                   gamma=info["gamma"], clob=info["clob"], admin=info.get("admin"))
+                   gamma=info["gamma"], clob=info["clob"], admin=info.get("admin"),
+                   rtds=info.get("rtds", ""))
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:

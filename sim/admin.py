@@ -1,6 +1,7 @@
 """The sim's admin HTTP API (JSON), for tests, chaos runs and ``noblink sim-fault``.
 
-- ``GET /health``                     -> {"ok", "pid", "now", "clock", "ws_connections"}
+- ``GET /health``                     -> {"ok", "pid", "now", "clock", "ws_connections",
+                                          "rtds_connections"}
 - ``GET /faults``                     -> current fault switches
 - ``POST /faults`` {switches...}      -> apply (see sim.faults); 400 {"error"} if invalid
 - ``DELETE /faults``                  -> clear every switch
@@ -8,6 +9,9 @@
                                            "status"}] for every order request received
 - ``DELETE /orders/log``              -> forget the log
 - ``GET /markets/{slug}/resolution``  -> {"slug","open","close","outcome","resolved",...}
+                                         (open/close: the Chainlink reference it settles on)
+- ``GET /reference/{asset}?from=S&to=S`` -> the Chainlink series, [{"ts_ms", "value"}] per
+                                         sim second in [from, to] (at most 3600)
 - ``GET /accounts``                   -> CLOB accounts: address, balance, positions
 """
 
@@ -27,9 +31,11 @@ log = logging.getLogger("sim.admin")
 
 
 class Admin:
-    def __init__(self, ctx: SimContext, ws_count: Callable[[], int]) -> None:
+    def __init__(self, ctx: SimContext, ws_count: Callable[[], int],
+                 rtds_count: Callable[[], int] = lambda: 0) -> None:
         self.ctx = ctx
         self._ws_count = ws_count
+        self._rtds_count = rtds_count
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
@@ -42,6 +48,7 @@ class Admin:
         r.add_delete("/orders/log", self.delete_log)
         r.add_get("/markets/{slug}/resolution", self.resolution)
         r.add_get("/accounts", self.accounts)
+        r.add_get("/reference/{asset}", self.reference)
         return app
 
     @web.middleware
@@ -59,7 +66,8 @@ class Admin:
     async def health(self, request: web.Request) -> web.Response:
         return json_response({"ok": True, "pid": os.getpid(), "now": self.ctx.clock.now(),
                               "clock": self.ctx.clock.to_dict(), "seed": self.ctx.config.seed,
-                              "ws_connections": self._ws_count()})
+                              "ws_connections": self._ws_count(),
+                              "rtds_connections": self._rtds_count()})
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return json_response(self.ctx.faults.snapshot())
@@ -97,6 +105,21 @@ class Admin:
         if info is None:
             return json_response({"error": "market not found"}, 404)
         return json_response(info)
+
+    async def reference(self, request: web.Request) -> web.Response:
+        cl = self.ctx.chainlink
+        series = cl.by_asset.get(request.match_info["asset"]) if cl is not None else None
+        if series is None:
+            return json_response({"error": "unknown asset"}, 404)
+        now = int(self.ctx.clock.now())
+        lo = ascii_int(request.query.get("from", str(now - 60)))
+        hi = ascii_int(request.query.get("to", str(now)))
+        if lo is None or hi is None or hi < lo or hi - lo > 3600:
+            return json_response({"error": "from/to must be unix seconds, to - from <= 3600"},
+                                 400)
+        hi = min(hi, now)                  # observations exist once their second has come
+        return json_response([{"ts_ms": s * 1000, "value": series.value_at(s)}
+                              for s in range(lo, hi + 1)])
 
     async def accounts(self, request: web.Request) -> web.Response:
         ex = self.ctx.exchange

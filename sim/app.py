@@ -1,8 +1,9 @@
-"""SimApp: builds the shared state, serves the five endpoints, publishes sim.json.
+"""SimApp: builds the shared state, serves the six endpoints, publishes sim.json.
 
-Start-up (``start``), in order: clock and price history -> markets and exchange -> bind the
-five sockets -> start the servers -> start background tasks -> write sim.json atomically. Only
-then does anyone learn the URLs, so a reader of sim.json can connect at once.
+Start-up (``start``), in order: clock and price history (and the Chainlink series derived
+from it) -> markets and exchange -> bind the six sockets -> start the servers -> start
+background tasks -> write sim.json atomically. Only then does anyone learn the URLs, so a
+reader of sim.json can connect at once.
 Shut-down (``stop``) is the mirror: remove sim.json -> stop background tasks -> close
 WebSockets -> stop the servers.
 """
@@ -25,6 +26,7 @@ from core.config import write_json_atomic
 from sim.admin import Admin
 from sim.binance_rest import BinanceRest
 from sim.binance_ws import BinanceWs
+from sim.chainlink import ChainlinkModel
 from sim.clob import Clob
 from sim.context import SimConfig, SimContext
 from sim.exchange import Exchange
@@ -33,10 +35,13 @@ from sim.gamma import Gamma
 from sim.markets import MarketRegistry
 from sim.orderlog import OrderLog
 from sim.prices import PriceModel
+from sim.rtds import Rtds
 
 log = logging.getLogger("sim.app")
 
-SERVICES = ("binance_ws", "binance_rest", "gamma", "clob", "admin")   # port = base + index
+# port = base + index; rtds comes last so the first five keep the ports they always had
+SERVICES = ("binance_ws", "binance_rest", "gamma", "clob", "admin", "rtds")
+WS_SERVICES = ("binance_ws", "rtds")
 
 
 def _bind(port: int) -> socket.socket:
@@ -59,6 +64,7 @@ class SimApp:
         self.info: dict[str, Any] | None = None
         self._runners: list[web.AppRunner] = []
         self._ws: BinanceWs | None = None
+        self._rtds: Rtds | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -76,16 +82,20 @@ class SimApp:
         prices = PriceModel(cfg.seed, clock.now())
         ctx = SimContext(config=cfg, clock=clock, prices=prices, faults=Faults(),
                          order_log=OrderLog())
+        ctx.chainlink = ChainlinkModel(prices)
         ctx.markets = MarketRegistry(ctx)
         ctx.exchange = Exchange(ctx)
         self.ctx = ctx
         self._ws = BinanceWs(ctx)
+        self._rtds = Rtds(ctx)
         apps = {
             "binance_ws": self._ws.app(),
             "binance_rest": BinanceRest(ctx).app(),
             "gamma": Gamma(ctx).app(),
             "clob": Clob(ctx).app(),
-            "admin": Admin(ctx, lambda: len(self._ws.conns) if self._ws else 0).app(),
+            "admin": Admin(ctx, lambda: len(self._ws.conns) if self._ws else 0,
+                           lambda: len(self._rtds.conns) if self._rtds else 0).app(),
+            "rtds": self._rtds.app(),
         }
         ports: dict[str, int] = {}
         socks: dict[str, socket.socket] = {}
@@ -105,12 +115,13 @@ class SimApp:
                 sock.close()
             raise
         self._ws.start()
+        self._rtds.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(ctx.markets.run()))
         self._tasks.append(loop.create_task(ctx.exchange.run()))
         self.info = {
-            "binance_ws": f"ws://127.0.0.1:{ports['binance_ws']}",
-            **{n: f"http://127.0.0.1:{ports[n]}" for n in SERVICES[1:]},
+            **{n: f"{'ws' if n in WS_SERVICES else 'http'}://127.0.0.1:{ports[n]}"
+               for n in SERVICES},
             "clock": clock.to_dict(), "pid": os.getpid(), "seed": cfg.seed,
             "speed": cfg.speed, "ports": ports,
         }
@@ -132,6 +143,8 @@ class SimApp:
         self._tasks.clear()
         if self._ws is not None:
             await self._ws.stop()
+        if self._rtds is not None:
+            await self._rtds.stop()
         await self._cleanup_runners()
 
     async def _cleanup_runners(self) -> None:

@@ -3,14 +3,18 @@
 The numbers are realistic orders of magnitude for the real Binance spot pairs (tick sizes and
 lot steps as listed in Binance's exchangeInfo filters), not live values. Volatility is
 annualised; the random walk converts it to a per-second figure.
+
+The sim knows more assets than any one universe trades (a config may list fewer or more).
+HYPE has no Binance spot market (a public check of ``/api/v3/exchangeInfo`` found none), so
+the simulated Binance does not serve it (``binance=False``): its price path exists only as a
+Chainlink reference series on RTDS. New assets go at the end, so that the seeded paths of
+the others (drawn per asset index) never change.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from core.markets import ASSETS
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
 
@@ -27,6 +31,7 @@ class AssetParams:
     lot_decimals: int     # decimals of the LOT_SIZE step, for volumes
     base_volume_s: float  # mean traded base quantity per second
     avg_trade: float      # mean base quantity per trade
+    binance: bool = True  # served by the simulated Binance (False: RTDS reference only)
 
     @property
     def sigma_s(self) -> float:
@@ -44,10 +49,14 @@ _PARAMS: dict[str, tuple[str, float, float, float, int, int, float, float]] = {
     "bnb": ("BNB", 680.0, 0.50, 0.01, 2, 3, 3.0, 0.4),
     "ada": ("Cardano", 0.95, 0.80, 0.0001, 4, 1, 12_000.0, 700.0),
     "link": ("Chainlink", 22.0, 0.85, 0.01, 2, 2, 300.0, 15.0),
+    "hype": ("Hyperliquid", 38.0, 1.00, 0.001, 3, 2, 200.0, 10.0),
 }
+_NO_BINANCE = frozenset({"hype"})
 
 ASSET_PARAMS: tuple[AssetParams, ...] = tuple(
-    AssetParams(a, s, *_PARAMS[a]) for a, s in ASSETS
+    AssetParams(a, f"{a.upper()}USDT", *v, binance=a not in _NO_BINANCE)
+    for a, v in _PARAMS.items()
 )
-BY_SYMBOL: dict[str, AssetParams] = {p.symbol: p for p in ASSET_PARAMS}
+# Symbols the simulated Binance serves (WS and REST); every asset has a path in PriceModel.
+BY_SYMBOL: dict[str, AssetParams] = {p.symbol: p for p in ASSET_PARAMS if p.binance}
 BY_ASSET: dict[str, AssetParams] = {p.asset: p for p in ASSET_PARAMS}

@@ -1,9 +1,11 @@
 """Synthetic order books for the Up and Down tokens, priced from the fair probability.
 
-Fair P(Up) at time t for window [start, end): with S the price now, O the window's open and
-sigma the asset's per-second volatility, ``P = Phi(ln(S/O) / (sigma * sqrt(end - t)))`` (a
-driftless walk; before the window starts it is 0.5). The quoted mid is P plus noise (sd 0.004,
-redrawn every NOISE_EPOCH_S sim seconds), and the book around it is:
+Fair P(Up) at time t for window [start, end): with S the (Binance) price now, O the window's
+price to beat (the Chainlink reference at its start, which the market resolves on) and sigma
+the asset's per-second volatility, ``P = Phi(ln(S/O) / (sigma * sqrt(end - t)))`` (a
+driftless walk; before the window starts it is 0.5; at the end it is the settlement). The
+quoted mid is P plus noise (sd 0.004, redrawn every NOISE_EPOCH_S sim seconds), and the book
+around it is:
 - best bid = floor(mid - 0.5 tick), best ask = ceil(mid + 0.5 tick): a spread of 1-2 ticks;
 - LEVELS price levels per side, one tick apart, sizes 20-400 shares growing with depth (sizes
   are redrawn every 30 sim s).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 import random
 
+from sim.chainlink import ChainlinkModel
 from sim.markets import Market
 from sim.prices import PriceModel
 
@@ -33,17 +36,18 @@ def norm_cdf(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def fair_up(prices: PriceModel, m: Market, now: float) -> float:
-    """Fair probability that the window closes Up, from the sim's own price path."""
+def fair_up(prices: PriceModel, chainlink: ChainlinkModel, m: Market, now: float) -> float:
+    """Fair probability that the window closes Up: the crowd watches the spot price and
+    compares it with the price to beat (the reference the market resolves on)."""
     if now < m.start:
         return 0.5
     path = prices.by_asset[m.asset]
-    o = path.window_open_close(m.start, m.start + 60)[0]
-    second = min(int(now), m.end - 1)
-    c = path.ticks_at(second)
+    series = chainlink.by_asset[m.asset]
+    o = series.value_at(m.start)
     tau = m.end - now
     if tau <= 0:
-        return 1.0 if c >= o else 0.0
+        return 1.0 if series.value_at(m.end) >= o else 0.0
+    c = path.price_at(min(int(now), m.end - 1))
     x = math.log(c / o) / (path.params.sigma_s * math.sqrt(tau))
     return norm_cdf(x)
 

@@ -24,8 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="sim seconds per wall second (60: a 5-minute window in 5 s)")
     p.add_argument("--seed", type=int, default=1, help="seed of the price paths")
     p.add_argument("--port-base", type=int, default=0,
-                   help="binance_ws=P, binance_rest=P+1, gamma=P+2, clob=P+3, admin=P+4; "
-                        "0 picks free ports")
+                   help="binance_ws=P, binance_rest=P+1, gamma=P+2, clob=P+3, admin=P+4, "
+                        "rtds=P+5; 0 picks free ports")
     p.add_argument("--run-dir", type=Path, default=None,
                    help="where sim.json goes (default: $NOBLINK_RUN_DIR, else "
                    "$XDG_STATE_HOME/noblink, else ~/.local/state/noblink)")
@@ -105,6 +105,10 @@ NAME VALUE examples:
   ws_refuse_s 10               refuse new WebSockets for 10 s
   rest_error 503 [COUNT]       REST answers 503 (for COUNT requests, default until cleared)
   rest_429 2                   next 2 REST requests get 429
+  rtds_drop                    drop every RTDS (Chainlink) connection now
+  rtds_stall btc/usd           stall one RTDS symbol ('*' = all; '' = none)
+  rtds_malformed 5             next 5 RTDS data frames are malformed
+  rtds_refuse_s 10             refuse new RTDS connections for 10 s
   rest_target clob             limit REST faults to binance_rest|gamma|clob
   order_reject "reason"        reject orders with this message
   order_delay_s 2.0            hold order replies for 2 s

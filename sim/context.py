@@ -13,11 +13,13 @@ from sim.prices import PriceModel
 from state.run import default_run_dir
 
 if TYPE_CHECKING:
+    from sim.chainlink import ChainlinkModel
     from sim.exchange import Exchange
     from sim.markets import MarketRegistry
 
 KLINE_UPDATE_SIM_S = 2.0      # Binance sends a kline update about every 2 s
 MIN_UPDATE_WALL_S = 0.1       # ... but never faster than this, whatever the speed
+RTDS_OBSERVATION_SIM_S = 1.0  # Chainlink on RTDS: about one observation a second
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not self.speed > 0:
             raise ValueError("speed must be > 0")
-        if self.port_base < 0 or self.port_base > 65535 - 4:
-            raise ValueError("port base must be 0 or a port with 4 free ports above it")
+        if self.port_base < 0 or self.port_base > 65535 - 5:
+            raise ValueError("port base must be 0 or a port with 5 free ports above it")
 
     @property
     def ping_wall_s(self) -> float:
@@ -53,6 +55,11 @@ class SimConfig:
     def update_wall_s(self) -> float:
         return max(KLINE_UPDATE_SIM_S / self.speed, MIN_UPDATE_WALL_S)
 
+    @property
+    def rtds_wake_wall_s(self) -> float:
+        """How often the RTDS broadcaster wakes (it sends every observation due since)."""
+        return max(RTDS_OBSERVATION_SIM_S / self.speed, MIN_UPDATE_WALL_S)
+
 
 @dataclass
 class SimContext:
@@ -63,3 +70,4 @@ class SimContext:
     order_log: OrderLog
     markets: MarketRegistry | None = None
     exchange: Exchange | None = None
+    chainlink: ChainlinkModel | None = None

@@ -222,7 +222,7 @@ class Exchange:
     def synthetic(self, m: Market, token: str, now: float
                   ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """(bids, asks) of the crowd for ``token``, best first, net of recent takes."""
-        fair = fair_up(self.ctx.prices, m, now)
+        fair = fair_up(self.ctx.prices, self.ctx.chainlink, m, now)
         ub, ua = up_levels(m, fair, now, self.ctx.config.seed)
         ub = [(c, self._visible(m, "bid", c, s, now)) for c, s in ub]
         ua = [(c, self._visible(m, "ask", c, s, now)) for c, s in ua]
@@ -288,7 +288,7 @@ class Exchange:
         if bid is not None and ask is not None:
             mid = (bid + ask) / 2
         else:                      # a side bought out: the crowd's fair value stands in
-            fair = fair_up(self.ctx.prices, m, now)
+            fair = fair_up(self.ctx.prices, self.ctx.chainlink, m, now)
             mid = fair if token == m.up_token else 1 - fair
         return {"bid": bid, "ask": ask, "mid": mid,
                 "last": self._last_price.get(token, 50) / 100}

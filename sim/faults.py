@@ -3,8 +3,11 @@
 Two kinds:
 - *states* that stay on until cleared or used up (stall a stream, malformed frames, REST errors,
   order rejects and delays), read by the servers on every frame or request;
-- *actions* that happen once, now (drop every WebSocket, send serverShutdown), run by hooks the
-  WebSocket server registers.
+- *actions* that happen once, now (drop every WebSocket, send serverShutdown, drop every RTDS
+  connection), run by hooks the WebSocket servers register.
+
+The ``ws_*`` switches hit the Binance WebSocket, the ``rtds_*`` ones the RTDS (Chainlink)
+socket: ``rtds_stall`` takes RTDS symbols (``btc/usd``) or ``*``.
 
 Every switch is validated before anything changes, so a bad POST leaves the faults as they were.
 """
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REST_TARGETS = ("binance_rest", "gamma", "clob")
-ACTIONS = ("ws_drop", "ws_shutdown")
+ACTIONS = ("ws_drop", "ws_shutdown", "rtds_drop")
 
 
 @dataclass
@@ -32,6 +35,9 @@ class Faults:
     order_reject: str | None = None                      # reject orders with this message
     order_reject_count: int | None = None                # None: until cleared
     order_delay_s: float = 0.0                           # hold order replies this long (wall)
+    rtds_stall: set[str] = field(default_factory=set)    # RTDS symbols, or "*" for all
+    rtds_malformed: int = 0                              # next N RTDS data frames are malformed
+    rtds_refuse_until: float = 0.0                       # monotonic; refuse new RTDS until then
     _hooks: dict[str, Callable[[Any], None]] = field(default_factory=dict, repr=False)
 
     def on_action(self, name: str, hook: Callable[[Any], None]) -> None:
@@ -53,12 +59,13 @@ class Faults:
                 if key == "ws_shutdown":        # the grace before closing, in wall seconds
                     val = 1.0 if val is True else _seconds(key, val)
                 actions.append((key, val))
-            elif key == "ws_stall":
-                updates[key] = _stall_set(val)
-            elif key == "ws_malformed":
+            elif key in ("ws_stall", "rtds_stall"):
+                updates[key] = _stall_set(val, key)
+            elif key in ("ws_malformed", "rtds_malformed"):
                 updates[key] = _count(key, val)
-            elif key == "ws_refuse_s":
-                updates["ws_refuse_until"] = time.monotonic() + _seconds(key, val)
+            elif key in ("ws_refuse_s", "rtds_refuse_s"):
+                until = key.replace("_s", "_until")
+                updates[until] = time.monotonic() + _seconds(key, val)
             elif key == "rest_error":
                 if val is None or val is False:
                     updates[key] = None
@@ -104,12 +111,15 @@ class Faults:
 
     def snapshot(self) -> dict[str, Any]:
         refuse = max(0.0, self.ws_refuse_until - time.monotonic())
+        rtds_refuse = max(0.0, self.rtds_refuse_until - time.monotonic())
         return {
             "ws_stall": sorted(self.ws_stall), "ws_malformed": self.ws_malformed,
             "ws_refuse_s": round(refuse, 3), "rest_error": self.rest_error,
             "rest_error_count": self.rest_error_count, "rest_429": self.rest_429,
             "rest_target": list(self.rest_target), "order_reject": self.order_reject,
             "order_reject_count": self.order_reject_count, "order_delay_s": self.order_delay_s,
+            "rtds_stall": sorted(self.rtds_stall), "rtds_malformed": self.rtds_malformed,
+            "rtds_refuse_s": round(rtds_refuse, 3),
         }
 
     # -- server side -------------------------------------------------------------------------
@@ -126,6 +136,19 @@ class Faults:
 
     def ws_refused(self) -> bool:
         return time.monotonic() < self.ws_refuse_until
+
+    def rtds_stalled(self, symbol: str) -> bool:
+        return bool(self.rtds_stall) and ("*" in self.rtds_stall or symbol in self.rtds_stall)
+
+    def take_rtds_malformed(self) -> bool:
+        """True if this RTDS data frame must be malformed (uses one)."""
+        if self.rtds_malformed > 0:
+            self.rtds_malformed -= 1
+            return True
+        return False
+
+    def rtds_refused(self) -> bool:
+        return time.monotonic() < self.rtds_refuse_until
 
     def take_rest_fault(self, target: str) -> int | None:
         """The status this REST request must fail with, if any (uses one)."""
@@ -167,12 +190,13 @@ def _seconds(key: str, val: Any) -> float:
     return float(val)
 
 
-def _stall_set(val: Any) -> set[str]:
+def _stall_set(val: Any, key: str = "ws_stall") -> set[str]:
     if val in (None, False, "", []):
         return set()
     if val is True:
         return {"*"}
     items = [val] if isinstance(val, str) else val
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
-        raise ValueError("ws_stall must be a stream name, '*', or a list of names")
+        what = "symbol" if key == "rtds_stall" else "stream name"
+        raise ValueError(f"{key} must be a {what}, '*', or a list of them")
     return {s.lower() if s != "*" else s for s in items}

@@ -52,9 +52,11 @@ def _description(m: Market) -> str:
     return (f'This market will resolve to "Up" if the {name} price at the end of the time '
             "range specified in the title is greater than or equal to the price at the "
             'beginning of that range. Otherwise, it will resolve to "Down".\n'
-            f"The resolution source for this market is the {sym}/USD price; in the noblink "
-            f"simulator it is the {sym}USDT 1m candle path the simulated Binance feed serves "
-            "(open of the window's first candle, close of its last).")
+            "The resolution source for this market is information from Chainlink, "
+            f"specifically the {sym}/USD data stream (in the noblink simulator: its simulated "
+            f"Chainlink series on RTDS, {m.asset}/usd). Please note that this market is about "
+            f"the price according to Chainlink data stream {sym}/USD, not according to other "
+            "sources or spot markets.")
 
 
 class Gamma:
@@ -95,7 +97,8 @@ class Gamma:
             bid = ask = last = None
         else:
             q = ex.quote(m, now) if ex is not None else None
-            mid = q["mid"] if q else fair_up(self.ctx.prices, m, now)
+            mid = q["mid"] if q else fair_up(self.ctx.prices, self.ctx.chainlink, m,
+                                                     now)
             prices = [_fmt_prob(mid), _fmt_prob(1 - mid)]
             bid, ask, last = (q["bid"], q["ask"], q["last"]) if q else (None, None, None)
         accepting = m.accepting_orders(now)

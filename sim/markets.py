@@ -6,9 +6,11 @@ A market for window [start, end) of slot (asset, 5m|15m):
 - its CLOB book opens CLOB_READY_S after creation (production lists a market on Gamma a moment
   before the CLOB can take orders for it);
 - accepts orders until ``end``; then the exchange cancels its resting orders;
-- resolves ``resolve_lag_s`` after ``end``: Up iff the close of the window's last 1m candle is
-  >= the open of its first (ties go Up), read from the same path the Binance feed serves; the
-  exchange then pays 1 per winning share and 0 per losing one.
+- resolves ``resolve_lag_s`` after ``end`` on the Chainlink reference series (sim/chainlink.py),
+  as production does: Up iff the reference at ``end`` is >= the reference at ``start`` (the
+  "price to beat"; ties go Up). The Binance candles of the window can say otherwise near the
+  threshold, and the settlement follows the reference. The exchange then pays 1 per winning
+  share and 0 per losing one.
 
 Ids are deterministic from seed and slug: token ids are 256-bit decimals, the condition id is
 "0x" + 64 hex, and the Gamma id is a number unique per (slot, start).
@@ -68,7 +70,7 @@ class Market:
     question: str = ""
     trading_closed: bool = False
     outcome: str | None = None           # "Up" / "Down" once resolved
-    open_price: str | None = None
+    open_price: str | None = None        # the reference (Chainlink) at start and at end
     close_price: str | None = None
     resolved_at: float | None = None
     extra: dict = field(default_factory=dict)
@@ -201,10 +203,8 @@ class MarketRegistry:
             if ex is not None:
                 ex.on_market_closed(m)
         if m.outcome is None and now >= m.end + self.ctx.config.resolve_lag_s:
-            path = self.ctx.prices.by_asset[m.asset]
-            o, c = path.window_open_close(m.start, m.end)
-            dec = path.params.tick_decimals
-            m.open_price, m.close_price = fmt_ticks(o, dec), fmt_ticks(c, dec)
+            o, c = self._reference(m)
+            m.open_price, m.close_price = self._fmt(m, o), self._fmt(m, c)
             m.outcome = "Up" if c >= o else "Down"
             m.resolved_at = now
             self._open.discard(m.slug)
@@ -220,7 +220,21 @@ class MarketRegistry:
         if self.ctx.exchange is not None:
             self.ctx.exchange.on_market_forgotten(m)
 
+    def _reference(self, m: Market) -> tuple[float, float]:
+        cl = self.ctx.chainlink
+        assert cl is not None, "the sim's Chainlink model is built before the markets run"
+        return cl.window_open_close(m.asset, m.start, m.end)
+
+    def _fmt(self, m: Market, value: float) -> str:
+        cl = self.ctx.chainlink
+        dec = cl.by_asset[m.asset].decimals if cl is not None else 8
+        return f"{value:.{dec}f}"
+
     def resolution_info(self, slug: str) -> dict | None:
+        """The market's settlement: ``open``/``close`` are the reference (Chainlink) at start
+        and end (``open`` known once the window starts, ``close`` once it ended), ``source``
+        says so; ``binance_open``/``binance_close`` are the window's Binance 1m candles (open
+        of the first, close of the last), and ``binance_outcome`` what they would say."""
         m = self.get(slug)
         if m is None:
             return None
@@ -229,8 +243,19 @@ class MarketRegistry:
         info = {"slug": m.slug, "start": m.start, "end": m.end, "resolved": m.outcome is not None,
                 "outcome": m.outcome, "open": m.open_price, "close": m.close_price,
                 "resolved_at": m.resolved_at, "up_token": m.up_token,
-                "down_token": m.down_token, "condition_id": m.condition_id}
-        if m.outcome is None and now >= m.start:
-            info["open"] = fmt_ticks(path.window_open_close(m.start, m.start + 60)[0],
-                                     path.params.tick_decimals)
+                "down_token": m.down_token, "condition_id": m.condition_id,
+                "source": "chainlink"}
+        cl = self.ctx.chainlink
+        if m.outcome is None and now >= m.start and cl is not None:
+            info["open"] = self._fmt(m, cl.by_asset[m.asset].value_at(m.start))
+        if m.outcome is None and now >= m.end and cl is not None:
+            info["close"] = self._fmt(m, cl.by_asset[m.asset].value_at(m.end))
+        dec = path.params.tick_decimals
+        if now >= m.start:
+            info["binance_open"] = fmt_ticks(path.window_open_close(m.start, m.start + 60)[0],
+                                             dec)
+        if now >= m.end:
+            o, c = path.window_open_close(m.start, m.end)
+            info["binance_close"] = fmt_ticks(c, dec)
+            info["binance_outcome"] = "Up" if c >= o else "Down"
         return info

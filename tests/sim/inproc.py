@@ -31,6 +31,7 @@ from core.markets import market_slug
 from sim.admin import Admin
 from sim.binance_rest import BinanceRest
 from sim.binance_ws import BinanceWs
+from sim.chainlink import ChainlinkModel
 from sim.clob import Clob
 from sim.context import SimConfig, SimContext
 from sim.exchange import Exchange
@@ -39,10 +40,11 @@ from sim.gamma import Gamma
 from sim.markets import Market, MarketRegistry
 from sim.orderlog import OrderLog
 from sim.prices import PriceModel
+from sim.rtds import Rtds
 
 T0 = 1_800_000_300          # 5 minutes into the 15m window that starts at 1_800_000_000
 U = 1_000_000
-SERVICES = ("binance_ws", "binance_rest", "gamma", "clob", "admin")
+SERVICES = ("binance_ws", "binance_rest", "gamma", "clob", "admin", "rtds")
 
 
 @dataclass
@@ -91,12 +93,15 @@ async def inproc_sim(tmp_path: Path, seed: int = 3, start: float = T0,
     clock = Clock(speed=1e-6, wall_epoch=time.time(), sim_epoch=start)
     ctx = SimContext(config=cfg, clock=clock, prices=PriceModel(seed, start), faults=Faults(),
                      order_log=OrderLog())
+    ctx.chainlink = ChainlinkModel(ctx.prices)
     ctx.markets = MarketRegistry(ctx)
     ctx.exchange = Exchange(ctx)
     ws = BinanceWs(ctx)
+    rtds = Rtds(ctx)
     apps = {"binance_ws": ws.app(), "binance_rest": BinanceRest(ctx).app(),
             "gamma": Gamma(ctx).app(), "clob": Clob(ctx).app(),
-            "admin": Admin(ctx, lambda: len(ws.conns)).app()}
+            "admin": Admin(ctx, lambda: len(ws.conns), lambda: len(rtds.conns)).app(),
+            "rtds": rtds.app()}
     servers = {name: TestServer(apps[name]) for name in SERVICES}
     for s in servers.values():
         await s.start_server()
@@ -106,6 +111,7 @@ async def inproc_sim(tmp_path: Path, seed: int = 3, start: float = T0,
                          apps, http)
     finally:
         await ws.stop()
+        await rtds.stop()
         for s in servers.values():
             await s.close()
 

@@ -30,7 +30,7 @@ def spawn(args: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
 
 
 def free_base() -> int:
-    """A port P with P..P+4 all free right now."""
+    """A port P with P..P+5 all free right now."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -39,7 +39,7 @@ def free_base() -> int:
             continue
         socks = []
         try:
-            for i in range(5):
+            for i in range(6):
                 t = socket.socket()
                 socks.append(t)
                 t.bind(("127.0.0.1", base + i))
@@ -49,7 +49,7 @@ def free_base() -> int:
         finally:
             for t in socks:
                 t.close()
-    pytest.skip("no block of 5 free ports")
+    pytest.skip("no block of 6 free ports")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -63,6 +63,7 @@ def test_noblink_sim_runs_alone_and_stops_cleanly(tmp_path, sig):
         assert info["binance_ws"] == f"ws://127.0.0.1:{base}"
         assert [info[k] for k in ("binance_rest", "gamma", "clob", "admin")] == [
             f"http://127.0.0.1:{base + i}" for i in range(1, 5)]
+        assert info["rtds"] == f"ws://127.0.0.1:{base + 5}"
         assert info["pid"] == proc.pid and info["clock"]["speed"] == 60.0
         assert json.loads((tmp_path / "sim.json").read_text()) == info
         assert admin_request(info["admin"], "GET", "/health")["ok"] is True

@@ -69,7 +69,7 @@ async def test_bought_out_book_sides_get_documented_errors_not_500s(inproc):
     g = await gamma_and_market_checks(inproc, m.slug, m.condition_id)
     assert not {"bestBid", "bestAsk", "spread"} & set(g)
     # With no book to take a mid from, the prices are the crowd's fair value.
-    fair = fair_up(inproc.ctx.prices, m, inproc.ctx.clock.now())
+    fair = fair_up(inproc.ctx.prices, inproc.ctx.chainlink, m, inproc.ctx.clock.now())
     assert abs(float(json.loads(g["outcomePrices"])[0]) - fair) <= 0.0005
     _, cm = await inproc.call("clob", "GET", f"/markets/{m.condition_id}")
     assert abs(cm["tokens"][0]["price"] - fair) <= 0.0005
@@ -135,14 +135,16 @@ async def test_account_limit_evicts_only_accounts_that_never_traded(inproc):
 async def test_resolution_settles_and_forgetting_a_market_drops_its_state(inproc):
     t = await Trader.make(inproc)
     m = inproc.market()
-    status, r = await t.call("POST", "/order", t.order(m.up_token, "BUY", 10 * U, 20 * U,
-                                                       "FAK"))
+    # the cheaper side, so that a buy at 0.50 finds asks whatever the seed's path did
+    fair = fair_up(inproc.ctx.prices, inproc.ctx.chainlink, m, inproc.ctx.clock.now())
+    token = m.up_token if fair <= 0.5 else m.down_token
+    status, r = await t.call("POST", "/order", t.order(token, "BUY", 10 * U, 20 * U, "FAK"))
     assert status == 200 and r["success"], r
     ex, reg = inproc.ex, inproc.ctx.markets
     acc = ex.by_key[t.creds["apiKey"]]
-    assert m.up_token in ex._last_price and acc.positions[m.up_token] > 0
+    assert token in ex._last_price and acc.positions[token] > 0
     reg._advance(m, m.end + 60)                # close and resolve now
-    assert m.outcome is not None and acc.positions.get(m.up_token, 0) == 0
+    assert m.outcome is not None and acc.positions.get(token, 0) == 0
     assert [s["slug"] for s in acc.settlements] == [m.slug]
     assert acc.settlements.maxlen == MAX_SETTLEMENTS
     reg._forget(m)

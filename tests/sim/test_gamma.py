@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from core.markets import SLOTS, market_slug
-from sim.testing import resolution
+from sim.testing import admin_request, resolution
 from tests.sim.fixtures import GAMMA_MARKET, assert_same_shape
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -122,9 +122,17 @@ async def test_market_closes_and_resolves_from_the_feed(sim):
         url = (f"{rest}/api/v3/klines?symbol=DOGEUSDT&interval=1m&startTime={start * 1000}"
                "&limit=5")
         _, rows = await get(http, url)
-    o, c = Decimal(rows[0][1]), Decimal(rows[4][4])
+    # The market settles on the Chainlink reference at its start and end (sim/chainlink.py),
+    # the admin API also shows what the window's Binance candles say.
+    ref = admin_request(sim.admin, "GET", f"/reference/doge?from={start}&to={start + 300}")
+    o, c = Decimal(str(ref[0]["value"])), Decimal(str(ref[-1]["value"]))
+    assert ref[0]["ts_ms"] == start * 1000 and ref[-1]["ts_ms"] == (start + 300) * 1000
     want = ["1", "0"] if c >= o else ["0", "1"]
     assert json.loads(m["outcomePrices"]) == want
     info = resolution(sim.admin, slug)
+    assert info["source"] == "chainlink"
     assert info["outcome"] == ("Up" if c >= o else "Down")
     assert Decimal(info["open"]) == o and Decimal(info["close"]) == c
+    bo, bc = Decimal(rows[0][1]), Decimal(rows[4][4])
+    assert Decimal(info["binance_open"]) == bo and Decimal(info["binance_close"]) == bc
+    assert info["binance_outcome"] == ("Up" if bc >= bo else "Down")
