@@ -53,6 +53,11 @@ RESULTS = ROOT / "bench" / "results"
 SPEED = 60.0
 API = ("--api", "127.0.0.1:0")        # a free port: never collide with another bot's 8787
 SCHEMA = 1
+# --quick: enough of each phase to exercise it (the no-handoff replay needs 81 recorded ticks:
+# ~7 s at 60x), in about 100 s on 2 cores
+QUICK = {"reloads": 3, "rollbacks": 1, "wakeup_iterations": 30, "record_seconds": 10.0,
+         "reaction_seconds": 6.0, "footprint_seconds": 5.0, "feed_seconds": 2.0,
+         "ring_quick": True}
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -177,7 +182,19 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
         "idle_cpu_pct_max": _target("<= 2 (each worker, 1x)", worst[1],
                                     worst[1] is not None and worst[1] <= 2.0,
                                     f"worst: {worst[0]}" if worst[0] else ""),
+        **_ring_targets(doc),
     }
+
+
+def _ring_targets(doc: dict[str, Any]) -> dict[str, Any]:
+    """The ring at least as fast as a Pipe, idle, both read by uvloop tasks (same run)."""
+    out = {}
+    for p in ("p50_us", "p99_us"):
+        shm, pipe = _get(doc, f"ring.shm.{p}"), _get(doc, f"ring.pipe.{p}")
+        ok = shm is not None and pipe is not None and shm <= pipe
+        out[f"ring_{p[:3]}_le_pipe"] = _target(f"<= pipe {p[:3]}", shm, ok,
+                                               f"pipe {_f(pipe)} us, same run")
+    return out
 
 
 def ratios(doc: dict[str, Any]) -> dict[str, Any]:
@@ -314,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-run-dirs", action="store_true")
     ap.add_argument("--results-dir", type=Path, default=RESULTS,
                     help="where latest.json, ring.json, feed.json and reload.json go")
+    ap.add_argument("--quick", action="store_true",
+                    help="every phase, briefly (the test suite's smoke run; its numbers are "
+                         "not comparable with a full run's)")
     args = ap.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
     results = args.results_dir
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM unwinds like ^C
 
