@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from chaos.scenarios import SCENARIOS, Options, Row, run
+from chaos.scenarios import DEFAULT, SCENARIOS, Options, Row, run
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "chaos.json"
 COLUMNS = ("scenario", "runs", "survived", "lost", "duplicates", "missed")
@@ -36,21 +36,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m chaos", description="kill -9 and reload "
                                  "storms against a real bot on the sim (first version)")
     ap.add_argument("--only", choices=sorted(SCENARIOS), action="append",
-                    help="run only this scenario (repeatable)")
+                    help="run only this scenario (repeatable; default: all but soak)")
     ap.add_argument("--runs", type=int, default=None,
                     help="faults per scenario (default: 10 strategy kills, 3 feed and 3 "
                          "position kills, 20 reloads)")
     ap.add_argument("--speed", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=None, help="default: from the clock")
+    ap.add_argument("--soak-s", type=float, default=600.0,
+                    help="soak: wall seconds of trading (default 600)")
+    ap.add_argument("--reload-every-s", type=float, default=30.0,
+                    help="soak: a reload this often (default 30 s)")
     ap.add_argument("--keep", action="store_true", help="keep every run dir (else: only "
                     "those of scenarios with findings)")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else int(time.time()) % 100_000
-    opts = Options(speed=a.speed, seed=seed, runs=a.runs)
+    opts = Options(speed=a.speed, seed=seed, runs=a.runs, soak_s=a.soak_s,
+                   reload_every_s=a.reload_every_s)
     rng = random.Random(seed)
     print(f"chaos (first version): seed {seed}, speed {a.speed}", flush=True)
     rows = []
-    for name in a.only or list(SCENARIOS):
+    for name in a.only or list(DEFAULT):
         print(f"-- {name} ...", flush=True)
         row = run(name, opts, rng, keep=a.keep)
         rows.append(row)

@@ -143,11 +143,12 @@ def accepted_posts(log: list[dict]) -> set[str]:
             and 200 <= (e.get("status") or 0) < 300}
 
 
-def check_orders(bot: Bot, admin: str) -> Findings:
-    """The sim's order log against the journal, for the whole run so far."""
+def check_orders(bot: Bot, admin: str, earlier: list[dict] | None = None) -> Findings:
+    """The sim's order log against the journal, for the whole run so far (``earlier``: the
+    logs of sims restarted during the run)."""
     f = Findings()
     try:
-        log = sim_testing.order_log(admin)
+        log = [*(earlier or []), *sim_testing.order_log(admin)]
         posts, taken = order_posts(log), accepted_posts(log)
     except OSError as e:
         f.problems.append(f"sim order log unreadable: {e}")

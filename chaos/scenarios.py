@@ -24,86 +24,28 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from chaos import checks
-from chaos.checks import Findings
+from chaos import checks, exchange
+from chaos.broken import broken_strategies
+from chaos.hostile import hostile_input
+from chaos.restarts import check_history, supervisor_kill
+from chaos.row import (
+    ACK_DEADLINE_S,
+    RESTART_INTENSITY,
+    RESTART_PERIOD_S,
+    START_DEADLINE_S,
+    Body,
+    Options,
+    Row,
+)
+from chaos.simfaults import sim_faults
+from chaos.soak import soak
 from sim import testing as sim_testing
 from supervisor.control_file import append_command, wait_for_ack
 from tests.supervisor.botctl import Bot, strategy_source
-
-RESTART_INTENSITY = 5          # supervisor/workers.py RestartPolicy: 5 restarts ...
-RESTART_PERIOD_S = 61.0        # ... in 60 s (one second of margin)
-START_DEADLINE_S = 120.0
-ACK_DEADLINE_S = 120.0
-
-
-@dataclass
-class Options:
-    speed: float = 30.0
-    seed: int = 1
-    runs: int | None = None        # None: each scenario's default
-
-
-@dataclass
-class Row:
-    scenario: str
-    runs: int = 0
-    survived: int = 0
-    findings: Findings = field(default_factory=Findings)
-    notes: list[str] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)     # one line per fault
-    seconds: float = 0.0
-
-    @property
-    def duplicates(self) -> int:
-        return len(self.findings.duplicate_orders) + len(self.findings.duplicate_ticks)
-
-    @property
-    def lost(self) -> int:
-        """Lost or duplicate orders, and duplicate ticks (a tick evaluated twice)."""
-        return len(self.findings.lost_orders) + self.duplicates
-
-    @property
-    def missed(self) -> int:
-        return sum(b - a - 1 for a, b in self.findings.missed_ticks)
-
-    def after_fault(self, bot: Bot, admin: str, what: str, pids: set[int],
-                    killed: int = 0, extra: Callable[[], Findings] | None = None
-                    ) -> Findings:
-        """The live checks after one fault (and ``extra``); counts it, and survived if they
-        all passed."""
-        f = checks.check_live(bot, killed=killed)
-        if extra is not None:
-            f.merge(extra())
-        f.merge(checks.check_workers_running(bot))
-        f.merge(checks.check_orders(bot, admin))
-        pids |= checks.worker_pids(bot)
-        self.runs += 1
-        self.events.append(f"{what}: {'ok' if f.ok else 'FAILED'}")
-        if f.ok:
-            self.survived += 1
-        else:
-            self.notes.append(f"{what}: " + "; ".join(
-                f.problems + f.lost_orders + f.duplicate_orders))
-        self.findings.merge(f)
-        return f
-
-    def to_json(self) -> dict:
-        f = self.findings
-        return {"scenario": self.scenario, "runs": self.runs, "survived": self.survived,
-                "lost": self.lost, "duplicates": self.duplicates, "missed": self.missed,
-                "seconds": round(self.seconds, 1), "lost_orders": f.lost_orders,
-                "duplicate_orders": f.duplicate_orders, "duplicate_ticks": f.duplicate_ticks,
-                "missed_ticks": f.missed_ticks, "problems": f.problems, "notes": self.notes,
-                "events": self.events, "checked": f.stats}
-
-
-Body = Callable[[Bot, Row, str, set[int], Options, random.Random], None]
 
 
 def _flagged(version: str, tmp: Path) -> str:
@@ -311,7 +253,41 @@ SCENARIOS: dict[str, Body] = {
     "position-kill": _kill_worker("position"),
     "position-kill-inflight": position_kill_inflight,
     "reload-storm": reload_storm,
+    "supervisor-kill": supervisor_kill,
+    "sim-faults": sim_faults,
+    "broken-strategies": broken_strategies,
+    "hostile-input": hostile_input,
+    "soak": soak,
 }
+DEFAULT = tuple(n for n in SCENARIOS if n != "soak")    # `make chaos`; soak: `make chaos-soak`
+NEEDS_API = frozenset({"hostile-input"})
+
+
+def final_checks(bot: Bot, row: Row, admin: str, before: dict) -> None:
+    """After the scenario, the bot still up: orders settled in the journal, candle windows
+    and the ledger against the sim (within one simulated world), resources against the
+    start."""
+    f = row.findings
+    f.merge(checks.check_in_flight_resolved(bot, admin))
+    f.merge(checks.check_orders(bot, admin, row.earlier_orders))  # the sim stops with the bot
+    windows = exchange.check_windows(bot)
+    if row.sim_restarts:
+        # a restarted sim draws its price history from its own start: the candles the
+        # feed kept from the dead sim's world cannot match the new one's REST klines
+        f.stats.update(windows.stats)
+        row.notes.extend(f"(sim restarted {row.sim_restarts}x, not a finding) {p}"
+                         for p in windows.problems)
+        row.notes.append("ledger not compared: the sim was restarted (a new exchange)")
+    else:
+        f.merge(windows)
+        f.merge(exchange.check_ledger(bot, admin))
+    after = exchange.resources(bot)
+    growth_findings, growth = exchange.compare_resources(before, after)
+    row.measures.update(before=before, after=after, growth=growth)
+    row.notes.append(f"resources: RSS {before['rss_mb_total']} -> {after['rss_mb_total']} MiB,"
+                     f" fds {before['fds_total']} -> {after['fds_total']}, /dev/shm entries "
+                     f"{before['shm_entries']} -> {after['shm_entries']}")
+    f.merge(growth_findings)
 
 
 def run(name: str, opts: Options, rng: random.Random, keep: bool = False) -> Row:
@@ -319,9 +295,9 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False) -> Row
     row = Row(name)
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f"noblink-chaos-{name}-"))
-    source = _flagged("chaos-a", tmp) if name == "strategy-kill" else None
-    bot = Bot(tmp, speed=opts.speed, strategy=source,
-              args=("--no-api", "--seed", str(opts.seed)))
+    api = ("--api", "127.0.0.1:0") if opts.api or name in NEEDS_API else ("--no-api",)
+    bot = Bot(tmp, speed=opts.speed, strategy=_flagged("chaos-a", tmp),
+              args=(*api, "--seed", str(opts.seed)))
     pids: set[int] = set()
     try:
         try:
@@ -330,14 +306,20 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False) -> Row
             row.findings.problems.append(f"the bot never became active: {str(e)[-2000:]}")
             return row
         bot.wait_ticks(2)
-        admin = checks.sim_admin(bot)
-        SCENARIOS[name](bot, row, admin, pids, opts, rng)
-        row.findings.merge(checks.check_in_flight_resolved(bot, admin))
-        row.findings.merge(checks.check_orders(bot, admin))      # the sim stops with the bot
-        (tmp / "order_log.json").write_bytes(orjson.dumps(sim_testing.order_log(admin)))
-        pids |= checks.worker_pids(bot)
+        before = exchange.resources(bot)
+        SCENARIOS[name](bot, row, checks.sim_admin(bot), pids, opts, rng)
+        admin = checks.sim_admin(bot)           # a restarted sim may have moved
+        final_checks(bot, row, admin, before)
+        (tmp / "order_log.json").write_bytes(orjson.dumps(
+            [*row.earlier_orders, *sim_testing.order_log(admin)]))
+        pids |= checks.worker_pids(bot) | {bot.proc.pid}
         code = bot.stop()
         row.findings.merge(checks.check_after_stop(bot, code, pids))
+        if row.expect_history is not None:
+            row.findings.problems.extend(check_history(
+                list(bot.final_state().get("history") or []), row.expect_history))
+        if row.gap_free and row.findings.missed_ticks:
+            row.findings.problems.append(f"ticks missed: {row.findings.missed_ticks[:5]}")
     except Exception as e:       # a harness failure is a finding too, never a silent pass
         row.findings.problems.append(f"harness: {e!r}")
         row.notes.append(bot.tail(1500))

@@ -1,0 +1,113 @@
+"""What a chaos run counts: the options, one row per scenario, the restart-budget pacing."""
+
+from __future__ import annotations
+
+import collections
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chaos import checks
+from chaos.checks import Findings
+from tests.supervisor.botctl import Bot
+
+RESTART_INTENSITY = 5          # supervisor/workers.py RestartPolicy: 5 restarts ...
+RESTART_PERIOD_S = 61.0        # ... in 60 s (one second of margin)
+START_DEADLINE_S = 120.0
+ACK_DEADLINE_S = 120.0
+
+
+@dataclass
+class Options:
+    speed: float = 30.0
+    seed: int = 1
+    runs: int | None = None        # None: each scenario's default
+    soak_s: float = 600.0          # soak: wall seconds of trading
+    reload_every_s: float = 30.0   # soak: a reload this often (wall seconds)
+    api: bool = False              # run the bot with its HTTP API (hostile-input needs it)
+
+
+@dataclass
+class Row:
+    scenario: str
+    runs: int = 0
+    survived: int = 0
+    findings: Findings = field(default_factory=Findings)
+    notes: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)     # one line per fault
+    seconds: float = 0.0
+    measures: dict = field(default_factory=dict)        # resources before/after, growth
+    # the order logs of sims that were restarted (a new sim starts an empty log)
+    earlier_orders: list[dict] = field(default_factory=list)
+    sim_restarts: int = 0
+    expect_history: list[str] | None = None    # the strategy's version history at the end
+    gap_free: bool = False         # a missed tick is a problem (no crash was meant to miss one)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.findings.duplicate_orders) + len(self.findings.duplicate_ticks)
+
+    @property
+    def lost(self) -> int:
+        """Lost or duplicate orders, and duplicate ticks (a tick evaluated twice)."""
+        return len(self.findings.lost_orders) + self.duplicates
+
+    @property
+    def missed(self) -> int:
+        return sum(b - a - 1 for a, b in self.findings.missed_ticks)
+
+    def after_fault(self, bot: Bot, admin: str, what: str, pids: set[int],
+                    killed: int = 0, extra: Callable[[], Findings] | None = None
+                    ) -> Findings:
+        """The live checks after one fault (and ``extra``); counts it, and survived if they
+        all passed."""
+        f = checks.check_live(bot, killed=killed)
+        if extra is not None:
+            f.merge(extra())
+        f.merge(checks.check_workers_running(bot))
+        f.merge(checks.check_orders(bot, admin, self.earlier_orders))
+        pids |= checks.worker_pids(bot)
+        self.runs += 1
+        self.events.append(f"{what}: {'ok' if f.ok else 'FAILED'}")
+        if f.ok:
+            self.survived += 1
+        else:
+            self.notes.append(f"{what}: " + "; ".join(
+                f.problems + f.lost_orders + f.duplicate_orders))
+        self.findings.merge(f)
+        return f
+
+    def to_json(self) -> dict:
+        f = self.findings
+        return {"scenario": self.scenario, "runs": self.runs, "survived": self.survived,
+                "lost": self.lost, "duplicates": self.duplicates, "missed": self.missed,
+                "seconds": round(self.seconds, 1), "lost_orders": f.lost_orders,
+                "duplicate_orders": f.duplicate_orders, "duplicate_ticks": f.duplicate_ticks,
+                "missed_ticks": f.missed_ticks, "problems": f.problems, "notes": self.notes,
+                "events": self.events, "checked": f.stats, "measures": self.measures}
+
+
+Body = Callable[[Bot, Row, str, set[int], Options, random.Random], None]
+
+
+
+class Budget:
+    """The supervisor's restart intensity, seen from outside: before a fault that would be
+    the ``RESTART_INTENSITY``-th restart within ``RESTART_PERIOD_S``, wait (and say so)."""
+
+    def __init__(self, row: Row) -> None:
+        self.row = row
+        self.times: collections.deque[float] = collections.deque()
+
+    def wait(self, what: str, spare: int = 1) -> None:
+        while self.times and time.monotonic() - self.times[0] > RESTART_PERIOD_S:
+            self.times.popleft()
+        if len(self.times) >= RESTART_INTENSITY - spare:
+            wait = RESTART_PERIOD_S - (time.monotonic() - self.times[0])
+            self.row.notes.append(f"{what}: waited {wait:.0f}s for the restart budget")
+            time.sleep(max(0.0, wait))
+            self.times.popleft()
+
+    def spend(self) -> None:
+        self.times.append(time.monotonic())
