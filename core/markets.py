@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.reference import chainlink_symbol
+
 # (asset slug used by Polymarket, Binance symbol)
 ASSETS: tuple[tuple[str, str], ...] = (
     ("btc", "BTCUSDT"),
@@ -31,6 +33,11 @@ class Slot:
     asset: str       # "btc"
     symbol: str      # "BTCUSDT"
     window_s: int    # 300 or 900
+
+    @property
+    def chainlink(self) -> str:
+        """RTDS's Chainlink symbol of the asset: the series this market resolves on."""
+        return chainlink_symbol(self.asset)
 
     @property
     def label(self) -> str:
@@ -69,3 +76,5 @@ SLOTS: tuple[Slot, ...] = tuple(
     for j, w in enumerate(WINDOWS_S)
 )
 SYMBOLS: tuple[str, ...] = tuple(s for _, s in ASSETS)
+# The reference (Chainlink on RTDS) symbols, one per asset, in asset order.
+CHAINLINK_SYMBOLS: tuple[str, ...] = tuple(chainlink_symbol(a) for a, _ in ASSETS)

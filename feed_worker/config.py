@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.markets import INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS, Slot
+from core.markets import CHAINLINK_SYMBOLS, INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS, Slot
+from core.reference import REF_STALE_S, stale_limit_s
 
 # Binance's documented update speed of a kline stream (clock seconds). It is a maximum rate,
 # not a promise: an update is only pushed when the candle changed, so a single stream can be
@@ -46,6 +47,14 @@ class FeedConfig:
     open_timeout_wall_s: float = 10.0
     ping_interval_wall_s: float | None = 20.0   # our own keepalive pings (server pings too)
     watchdog_wall_s: float = 0.1        # how often stall/rotation conditions are checked
+
+    # --- RTDS (the Chainlink reference) ---
+    rtds: bool = True                   # off: no reference price (slots stay unpriced)
+    rtds_symbols: tuple[str, ...] = CHAINLINK_SYMBOLS
+    rtds_ping_wall_s: float = 5.0       # the text PING RTDS asks for every 5 s
+    rtds_stall_s: float = 5.0           # clock; no observation at all on the connection
+    rtds_symbol_stall_s: float = 10.0   # clock; one symbol that had been sending
+    ref_stale_s: float = REF_STALE_S    # clock; an older reference marks its slots STALE
 
     # --- REST backfill ---
     backfill_concurrency: int = 4
@@ -97,6 +106,16 @@ class FeedConfig:
         """Silence of the whole connection (real seconds) after which it counts as stalled."""
         fastest = min(update_interval_s(i) for i in self.intervals)
         return max(self.stall_floor_wall_s, self.stall_factor * fastest / speed)
+
+    def rtds_stall_after_wall_s(self, speed: float) -> float:
+        return max(self.stall_floor_wall_s, self.rtds_stall_s / speed)
+
+    def rtds_symbol_stall_after_wall_s(self, speed: float) -> float:
+        return max(self.stall_floor_wall_s, self.rtds_symbol_stall_s / speed)
+
+    def ref_stale_ms(self, speed: float) -> int:
+        """The reference staleness limit, clock ms (see core.reference)."""
+        return int(stale_limit_s(speed, self.ref_stale_s) * 1000)
 
     def stream_stall_after_wall_s(self, interval: str, speed: float) -> float:
         """Silence of one stream (real seconds) after which it counts as stalled."""

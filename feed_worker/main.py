@@ -4,8 +4,8 @@ Start-up, in order (shut-down is the mirror):
 1. read run.json (run id) and, in sim mode, sim.json (endpoints and clock);
 2. create or adopt the five feed segments; reset torn rows; recover the windows;
 3. attach the control block (created by the supervisor), register in the FEED slot;
-4. open the HTTP client; start the REST backfill (every row), the Binance stream, the
-   market scanner and the heartbeat.
+4. open the HTTP client; start the REST backfill (every row), the Binance stream, the RTDS
+   (Chainlink reference) stream, the market scanner and the heartbeat.
 Stop (SIGTERM/SIGINT) cancels the tasks, flushes the counters, marks the slot STOPPED and
 closes the segments. They are unlinked only with ``--unlink-on-exit`` (a final stop): a
 crashed or restarted feed must find them and adopt them.
@@ -36,6 +36,8 @@ from feed_worker.config import FeedConfig
 from feed_worker.http import AiohttpTransport
 from feed_worker.lifecycle import FEED_TRANSITIONS, ConnState, FeedState, StateMachine
 from feed_worker.publish import KlinePublisher
+from feed_worker.reference import ReferencePublisher
+from feed_worker.rtds import RtdsStream
 from feed_worker.scanner import Scanner
 from feed_worker.segments import FeedSegments
 from feed_worker.stats import FeedStats
@@ -114,10 +116,29 @@ class FeedWorker:
                                     self.clock, self.stats,
                                     on_connect=lambda why: self.backfill.request_all(why),
                                     on_state=self._on_conn_state)
+        self.reference = ReferencePublisher(
+            segs.refring, segs.reference, self.stats, self.cfg.rtds_symbols, self.cfg.slots,
+            self.clock.monotonic_ns, self.cfg.ref_stale_ms(self.clock.speed))
+        self._restore_prices_to_beat()
+        self.rtds = RtdsStream(self.endpoints.rtds, self.cfg.rtds_symbols, self.cfg,
+                               self.reference.handle, self.clock, self.stats,
+                               on_disconnect=self.reference.on_disconnect)
         self.scanner = Scanner(self.http, self.endpoints.gamma, self.endpoints.clob,
                                segs.markets, segs.ticks, self.control, self.clock, self.stats,
-                               self.cfg, first_tick=first_tick)
+                               self.cfg, first_tick=first_tick,
+                               reference=self.reference if self.cfg.rtds else None)
         self.stats.flush(segs.stats)
+
+    def _restore_prices_to_beat(self) -> None:
+        """A restarted feed keeps the prices to beat its predecessor published (it may have
+        missed the window start itself)."""
+        assert self.segs is not None
+        for slot in self.cfg.slots:
+            row = self.segs.markets.read(slot.index)
+            aid = self.reference.asset_of.get(slot.chainlink)
+            if aid is not None and int(row["window_s"]) == slot.window_s:
+                self.reference.ptb.restore(aid, slot.window_s, int(row["window_start"]),
+                                           float(row["price_to_beat"]), int(row["ptb_ms"]))
 
     def _on_conn_state(self, s: ConnState) -> None:
         if self.sm.state is FeedState.RUNNING and s in (ConnState.STALLED, ConnState.CLOSED):
@@ -136,6 +157,10 @@ class FeedWorker:
                  asyncio.create_task(self._heartbeat(stop), name="heartbeat")}
         if self.with_scanner:
             tasks.add(asyncio.create_task(self.scanner.run(stop), name="scanner"))
+        if self.cfg.rtds and self.endpoints.rtds:
+            tasks.add(asyncio.create_task(self.rtds.run(stop), name="rtds"))
+        elif self.cfg.rtds:
+            log.warning("no RTDS endpoint: running without the reference price")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         rc = 0
         try:
@@ -214,6 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--symbols", default=",".join(SYMBOLS))
     p.add_argument("--intervals", default=",".join(KLINE_INTERVALS))
     p.add_argument("--no-scanner", action="store_true", help="candles only")
+    p.add_argument("--no-rtds", action="store_true",
+                   help="no reference price (Chainlink via RTDS): slots are never tradeable")
     p.add_argument("--stall-floor-s", type=float, default=None,
                    help="never call a stream stalled before this many wall seconds (1.0)")
     p.add_argument("--rotate-after-s", type=float, default=None,
@@ -238,6 +265,8 @@ def config_from_args(args: argparse.Namespace) -> FeedConfig:
         kw["scan_interval_s"] = args.scan_interval_s
     if args.closed_margin_s is not None:
         kw["closed_margin_s"] = args.closed_margin_s
+    if args.no_rtds:
+        kw["rtds"] = False
     return FeedConfig(**kw)
 
 

@@ -48,9 +48,10 @@ from core.markets import Slot
 from core.proc import truncate
 from feed_worker.config import FeedConfig
 from feed_worker.http import Response, Transport, retry_after_s
+from feed_worker.reference import ReferencePublisher
 from feed_worker.stats import FeedStats
 from state.control import ControlBlock
-from state.layout import MARKET_DT, TICK_DT, SlotStatus
+from state.layout import MARKET_DT, TICK_DT, RefStatus, SlotStatus
 from state.ring import RingWriter
 from state.table import TableWriter
 
@@ -127,8 +128,9 @@ class Scanner:
     def __init__(self, transport: Transport, gamma_url: str, clob_url: str,
                  markets: TableWriter, ticks: RingWriter, control: ControlBlock | None,
                  clock: ClockLike, stats: FeedStats, cfg: FeedConfig,
-                 *, first_tick: int = 0) -> None:
+                 *, first_tick: int = 0, reference: ReferencePublisher | None = None) -> None:
         self.http = transport
+        self.reference = reference
         self.gamma = gamma_url.rstrip("/")
         self.clob = clob_url.rstrip("/")
         self.markets = markets
@@ -374,11 +376,24 @@ class Scanner:
                 st = SlotStatus.NO_BOOK
         row["status"] = int(st)
         row["next_status"] = int(next_st)
+        self._write_reference(row, slot, w)
         row["tick"] = self.tick
         row["updated_ns"] = mono
         self.markets.write(slot.index, row)
         self._tick_rows[slot.index] = row
         return st
+
+    def _write_reference(self, row: np.ndarray, slot: Slot, w: int) -> None:
+        """The reference the market resolves on: its newest value and freshness, and the
+        window's price to beat, as the RTDS publisher knows them now."""
+        ref = self.reference
+        if ref is None:
+            row["ref_price"], row["price_to_beat"] = NAN, NAN
+            row["ref_status"] = int(RefStatus.NONE)
+            return
+        value, obs_ms, status = ref.newest(slot.chainlink, self.clock.now_ms())
+        row["ref_price"], row["ref_ms"], row["ref_status"] = value, obs_ms, int(status)
+        row["price_to_beat"], row["ptb_ms"] = ref.price_to_beat(slot, w)
 
     def _publish_tick(self, tick_ms: int, ok: int) -> None:
         mono = self.clock.monotonic_ns()

@@ -1,4 +1,4 @@
-"""The five shared-memory segments the feed owns: create them, or adopt a predecessor's.
+"""The seven shared-memory segments the feed owns: create them, or adopt a predecessor's.
 
     name        structure                         contents
     klines      ring  KLINE_DT  x KLINE_RING_CAPACITY   every kline update, in arrival order
@@ -6,8 +6,10 @@
     windows     table WINDOW_ROW_DT x 8*3               closed candles per symbol x interval
     markets     table MARKET_DT x 16                    the 16 slots, in core.markets.SLOTS order
     feedstats   table FEED_STATS_DT x 1                 counters and latency
+    refring     ring  REF_DT    x REF_RING_CAPACITY     every reference (Chainlink) observation
+    reference   table REF_ROW_DT x assets               the newest reference per asset
 
-A feed restarted after a crash adopts all five, so the windows, the markets and the counters
+A feed restarted after a crash adopts all seven, so the windows, the markets and the counters
 come back from shared memory. Two live feeds on one run would corrupt each other, so opening
 first takes the run dir's feed lock (``state.runlock``: ``RUN_DIR/feed.lock``), held until
 ``close()`` (the kernel drops it when the process dies, even by kill -9). A lock is race-free
@@ -24,17 +26,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.markets import SLOTS
+from core.markets import CHAINLINK_SYMBOLS, SLOTS
 from feed_worker.windows import N_ROWS
-from state.layout import FEED_STATS_DT, KLINE_DT, MARKET_DT, TICK_DT, WINDOW_ROW_DT
+from state.layout import (
+    FEED_STATS_DT,
+    KLINE_DT,
+    MARKET_DT,
+    REF_DT,
+    REF_ROW_DT,
+    TICK_DT,
+    WINDOW_ROW_DT,
+)
 from state.ring import RingWriter
-from state.run import KLINE_RING_CAPACITY, TICK_RING_CAPACITY, RunPaths
+from state.run import KLINE_RING_CAPACITY, REF_RING_CAPACITY, TICK_RING_CAPACITY, RunPaths
 from state.runlock import RoleLock
 from state.table import TableWriter
 
 log = logging.getLogger(__name__)
 
-NAMES = ("klines", "ticks", "windows", "markets", "feedstats")
+NAMES = ("klines", "ticks", "windows", "markets", "feedstats", "refring", "reference")
+ATTRS = ("klines", "ticks", "windows", "markets", "stats", "refring", "reference")
+
+
 @dataclass
 class FeedSegments:
     klines: RingWriter
@@ -42,6 +55,8 @@ class FeedSegments:
     windows: TableWriter
     markets: TableWriter
     stats: TableWriter
+    refring: RingWriter
+    reference: TableWriter
     lock: RoleLock | None = field(default=None, repr=False)
 
     @classmethod
@@ -61,6 +76,10 @@ class FeedSegments:
                                       name="markets"))
             opened.append(TableWriter(paths.seg("feedstats"), FEED_STATS_DT, 1,
                                       name="feedstats"))
+            opened.append(RingWriter(paths.seg("refring"), REF_DT, REF_RING_CAPACITY,
+                                     name="refring"))
+            opened.append(TableWriter(paths.seg("reference"), REF_ROW_DT,
+                                      len(CHAINLINK_SYMBOLS), name="reference"))
         except BaseException:
             for s in opened:
                 s.close()
@@ -72,11 +91,11 @@ class FeedSegments:
 
     @property
     def adopted(self) -> dict[str, bool]:
-        return {n: bool(getattr(self, a).adopted) for n, a in zip(
-            NAMES, ("klines", "ticks", "windows", "markets", "stats"), strict=True)}
+        return {n: bool(getattr(self, a).adopted) for n, a in zip(NAMES, ATTRS, strict=True)}
 
     def _recover_small_tables(self) -> None:
-        for name, t in (("markets", self.markets), ("feedstats", self.stats)):
+        for name, t in (("markets", self.markets), ("feedstats", self.stats),
+                        ("reference", self.reference)):
             for i in t.torn_rows():
                 log.warning("%s: row %d torn by a dead writer; resetting", name, i)
                 t.reset_row(i)
@@ -89,14 +108,14 @@ class FeedSegments:
 
     def close(self) -> None:
         """Close every mapping, then release the lock (idempotent). Never unlinks."""
-        for s in (self.klines, self.ticks, self.windows, self.markets, self.stats):
+        for a in ATTRS:
             with contextlib.suppress(Exception):
-                s.close()
+                getattr(self, a).close()
         if self.lock is not None:
             self.lock.release()
 
     def unlink(self) -> None:
         """Remove every segment: only on a clean, final stop."""
-        for s in (self.klines, self.ticks, self.windows, self.markets, self.stats):
+        for a in ATTRS:
             with contextlib.suppress(Exception):
-                s.unlink()
+                getattr(self, a).unlink()

@@ -30,7 +30,7 @@ import numpy as np
 
 from core.markets import N_SLOTS
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2           # 2: reference price (RTDS), price to beat, per-market tick/size
 MAGIC = b"NOBLINK\x01"
 CACHE_LINE = 64
 HEADER_SIZE = 64
@@ -105,6 +105,14 @@ WINDOW_ROW_DT = np.dtype([
 
 # --- markets (the 16 slots) --------------------------------------------------------------
 
+class RefStatus(enum.IntEnum):
+    """How fresh a slot's reference price (Chainlink via RTDS) is, as the scanner saw it."""
+
+    NONE = 0            # no observation yet for this asset
+    OK = 1
+    STALE = 2           # the newest observation is older than the staleness limit
+
+
 class SlotStatus(enum.IntEnum):
     EMPTY = 0
     OK = 1
@@ -129,7 +137,16 @@ MARKET_DT = np.dtype([
     ("tick", "<u8"),           # scanner tick that wrote this row
     ("updated_ns", "<i8"),
     ("next_status", "u1"),     # SlotStatus of the next window's market
-    ("_pad", "u1", (7,)),
+    ("ref_status", "u1"),      # RefStatus of ref_price at this tick
+    ("_pad", "u1", (6,)),
+    # The reference (Chainlink on RTDS) the market resolves on. Times are the stream's own
+    # observation times (payload.timestamp, clock ms), never our arrival time.
+    ("ref_price", "<f8"),      # newest observation when the row was written (NaN: none)
+    ("ref_ms", "<i8"),         # its observation time
+    ("price_to_beat", "<f8"),  # the reference at window_start (NaN: not known, see feed docs)
+    ("ptb_ms", "<i8"),         # observation time of the price to beat (>= window_start * 1000)
+    ("tick_size", "<f8"),      # the market's own price tick (Gamma orderPriceMinTickSize)
+    ("min_size", "<f8"),       # the market's minimum order size in shares (orderMinSize)
 ])
 
 # A scanner tick, published into the tick ring so strategies can block on "next tick". It
@@ -144,6 +161,33 @@ TICK_DT = np.dtype([
     ("_pad", "u1", (4,)),
     ("markets", MARKET_DT, (N_SLOTS,)),
 ])
+
+# --- the reference price (Chainlink via RTDS) -----------------------------------------------
+
+# One observation from RTDS's crypto_prices_chainlink topic (ring record). 40 bytes.
+REF_DT = np.dtype([
+    ("asset_id", "<u2"),       # index into the universe's assets (core.markets.ASSETS)
+    ("_pad", "u1", (6,)),
+    ("obs_ms", "<i8"),         # payload.timestamp: when the price was observed (clock ms)
+    ("value", "<f8"),          # payload.value
+    ("sent_ms", "<i8"),        # the message's timestamp: when RTDS sent it
+    ("recv_ns", "<i8"),        # monotonic ns when the frame arrived (latency)
+])
+assert REF_DT.itemsize == 40
+
+# The newest observation per asset (one row per asset, universe order). 64 bytes.
+REF_ROW_DT = np.dtype([
+    ("asset_id", "<u2"),
+    ("_pad", "u1", (6,)),
+    ("obs_ms", "<i8"),         # -1 when none yet
+    ("value", "<f8"),
+    ("sent_ms", "<i8"),
+    ("recv_ns", "<i8"),
+    ("updated_ns", "<i8"),     # monotonic ns of the write
+    ("count", "<u8"),          # observations received for this asset
+    ("out_of_order", "<u8"),   # observations older than the newest (kept out of the row)
+])
+assert REF_ROW_DT.itemsize == 64
 
 # --- orders and positions ----------------------------------------------------------------
 
@@ -221,7 +265,16 @@ FEED_STATS_DT = np.dtype([
     ("slots_ok", "<u4"),       # slots with status OK at the last tick
     ("connected", "u1"),
     ("state", "u1"),           # feed_worker.lifecycle.FeedState
-    ("_pad", "u1", (2,)),
+    ("rtds_connected", "u1"),
+    ("rtds_state", "u1"),      # feed_worker.lifecycle.ConnState of the RTDS connection
+    ("rtds_messages", "<u8"),  # RTDS frames received (data, PONG and malformed)
+    ("rtds_updates", "<u8"),   # reference observations published
+    ("rtds_reconnects", "<u8"),
+    ("rtds_parse_errors", "<u8"),
+    ("rtds_stale_episodes", "<u8"),
+    ("rtds_latency_p50_us", "<f8"),
+    ("rtds_latency_p99_us", "<f8"),
+    ("rtds_last_message_ns", "<i8"),
 ])
 
 N_REJECT_REASONS = 16

@@ -36,6 +36,8 @@ SEGMENTS: dict[str, str] = {
     "windows": "feed",
     "markets": "feed",
     "feedstats": "feed",
+    "refring": "feed",
+    "reference": "feed",
     "positions": "position",
     "posstats": "position",
     "intents0": "position",
@@ -43,6 +45,7 @@ SEGMENTS: dict[str, str] = {
 }
 KLINE_RING_CAPACITY = 1 << 16
 TICK_RING_CAPACITY = 1 << 8     # 21 min of ticks at 1x; a record is ~6.4 KB
+REF_RING_CAPACITY = 1 << 14     # reference observations: ~40 min of 7 assets at 1/s
 INTENT_RING_CAPACITY = 1 << 8
 SNAPSHOT_CAPACITY = 4 << 20
 

@@ -29,6 +29,7 @@ import psutil
 from core.config import write_json_atomic
 from core.errors import NoblinkError
 from core.markets import SLOTS
+from feed_worker.lifecycle import ConnState
 from position_worker.stats import read_posstats
 from state.control import ControlBlock, WorkerSlot
 from state.inspect import row_dict
@@ -38,6 +39,7 @@ from state.layout import (
     MARKET_DT,
     POSITION_STATS_DT,
     Decided,
+    RefStatus,
     SlotStatus,
     WorkerRole,
 )
@@ -141,6 +143,9 @@ class StatusWriter:
                         "status": SlotStatus(int(m["status"])).name,
                         "window_end": int(m["end_ts"]),
                         "up_ask": _num(m["up_ask"]), "down_ask": _num(m["down_ask"]),
+                        "reference": _num(m["ref_price"]),
+                        "reference_status": RefStatus(int(m["ref_status"])).name,
+                        "price_to_beat": _num(m["price_to_beat"]),
                         "last_decision": decisions.get(s.index)})
         return out
 
@@ -154,6 +159,7 @@ class StatusWriter:
         if feed is not None:
             last = int(feed.get("last_message_ns") or 0)
             feed["last_msg_age_ms"] = round((now - last) / 1e6, 1) if last else None
+            feed["rtds"] = _rtds_health(feed, now)
         pos_row = self._row("positions")
         positions = read_posstats(pos_row) if pos_row is not None else None
         if positions is not None:
@@ -189,6 +195,23 @@ def _api_info(paths: RunPaths) -> dict[str, Any] | None:
     if not isinstance(doc, dict):
         return None
     return {k: doc.get(k) for k in ("url", "token_file", "remote", "public_read")}
+
+
+def _rtds_health(feed: dict[str, Any], now_ns: int) -> dict[str, Any]:
+    """The RTDS (Chainlink reference) stream at a glance: UP, STALLED or DOWN, and why."""
+    last = int(feed.get("rtds_last_message_ns") or 0)
+    try:
+        conn = ConnState(int(feed.get("rtds_state") or 0)).name
+    except ValueError:
+        conn = str(feed.get("rtds_state"))
+    health = "UP" if feed.get("rtds_connected") else "DOWN"
+    if conn == "STALLED":
+        health = "STALLED"
+    return {"health": health, "connection": conn,
+            "last_msg_age_ms": round((now_ns - last) / 1e6, 1) if last else None,
+            **{k: feed.get(f"rtds_{k}") for k in (
+                "updates", "messages", "reconnects", "parse_errors", "stale_episodes",
+                "latency_p50_us", "latency_p99_us")}}
 
 
 def _num(v: Any) -> float | None:

@@ -21,12 +21,21 @@ import numpy as np
 import orjson
 import pytest
 
-from core.markets import INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS
+from core.markets import CHAINLINK_SYMBOLS, INTERVAL_MS, KLINE_INTERVALS, SLOTS, SYMBOLS
 from feed_worker.lifecycle import FeedState
 from feed_worker.segments import NAMES
 from sim.testing import SimProcess, clear_faults, set_fault, start_sim
 from state.control import ControlBlock, WorkerSlot
-from state.layout import FEED_STATS_DT, MARKET_DT, TICK_DT, WINDOW_ROW_DT, SlotStatus
+from state.layout import (
+    FEED_STATS_DT,
+    MARKET_DT,
+    REF_DT,
+    REF_ROW_DT,
+    TICK_DT,
+    WINDOW_ROW_DT,
+    RefStatus,
+    SlotStatus,
+)
 from state.ring import RingReader
 from state.run import RunPaths
 from state.table import TableReader
@@ -366,3 +375,77 @@ def test_malformed_frames_rotation_and_server_shutdown(feed: Feed):
     wait_for(lambda: filled(feed), "windows complete", feed=feed)
     assert feed.proc.poll() is None
     assert "dropped malformed frame" in feed.log()
+
+
+# -- the reference price (Chainlink via RTDS) ------------------------------------------------
+
+def sim_reference(sim: SimProcess, asset: str, lo: int, hi: int) -> dict[int, float]:
+    with urllib.request.urlopen(f"{sim.admin}/reference/{asset}?from={lo}&to={hi}",
+                                timeout=10) as r:
+        return {x["ts_ms"]: x["value"] for x in orjson.loads(r.read())}
+
+
+def reference_rows(feed: Feed) -> np.ndarray:
+    return feed._table("reference", REF_ROW_DT)
+
+
+def test_reference_and_price_to_beat_follow_the_sims_chainlink_series(feed: Feed):
+    feed.start()
+    wait_for(lambda: feed.paths.seg("reference").exists()
+             and (reference_rows(feed)["obs_ms"] > 0).all(), "every asset's reference",
+             feed=feed)
+    rows = reference_rows(feed)
+    for aid, sym in enumerate(CHAINLINK_SYMBOLS):
+        row = rows[aid]
+        obs = int(row["obs_ms"])
+        truth = sim_reference(feed.sim, sym.split("/")[0], obs // 1000, obs // 1000)
+        assert truth[obs] == float(row["value"]), sym
+    # the price to beat of a window the feed saw start equals the sim's series at the start
+    first = {s.index: int(r["window_start"]) for s, r in zip(SLOTS, feed.markets(), strict=True)}
+
+    def priced():
+        m = feed.markets()
+        return [m] if all(int(m[s.index]["window_start"]) > first[s.index]
+                          and math.isfinite(m[s.index]["price_to_beat"])
+                          for s in SLOTS if s.window_s == 300) else None
+    m = wait_for(priced, "5m slots priced in their next window", feed=feed)[0]
+    for s in (s for s in SLOTS if s.window_s == 300):
+        r = m[s.index]
+        w = int(r["window_start"])
+        truth = sim_reference(feed.sim, s.asset, w, w)
+        assert float(r["price_to_beat"]) == truth[w * 1000], s.label
+        assert int(r["ptb_ms"]) == w * 1000
+        assert RefStatus(int(r["ref_status"])) is RefStatus.OK
+        assert int(r["ref_ms"]) >= w * 1000 and math.isfinite(r["ref_price"])
+    st = feed.stats()
+    assert st["rtds_connected"] == 1 and st["rtds_parse_errors"] == 0
+    assert st["rtds_latency_p50_us"] > 0 and st["rtds_updates"] > 100
+    ring = RingReader(feed.paths.seg("refring"), REF_DT, readonly=True, start="oldest")
+    try:
+        recs = ring.poll().records
+    finally:
+        ring.close()
+    btc = recs[recs["asset_id"] == 0]["obs_ms"]
+    assert len(btc) > 10 and (np.diff(btc) == 1000).all(), "no observation lost or repeated"
+
+
+def test_rtds_drop_malformed_and_stall_are_survived(feed: Feed):
+    feed.start("--no-scanner")
+    wait_for(lambda: feed.stats().get("rtds_connected") == 1
+             and feed.stats()["rtds_updates"] > 50, "RTDS streaming", feed=feed)
+    before = feed.stats()
+    set_fault(feed.sim.admin, rtds_malformed=3)
+    wait_for(lambda: feed.stats()["rtds_parse_errors"] == before["rtds_parse_errors"] + 3,
+             "three malformed frames counted", feed=feed)
+    set_fault(feed.sim.admin, rtds_drop=True, rtds_refuse_s=1.0)
+    wait_for(lambda: feed.stats()["rtds_reconnects"] > before["rtds_reconnects"], "a reconnect")
+    n = feed.stats()["rtds_updates"]
+    wait_for(lambda: feed.stats()["rtds_connected"] == 1
+             and feed.stats()["rtds_updates"] > n + 50, "data again after the drop", feed=feed)
+    set_fault(feed.sim.admin, rtds_stall="eth/usd")        # one symbol silent: a stall
+    wait_for(lambda: feed.stats()["rtds_stale_episodes"] > before["rtds_stale_episodes"],
+             "a stale episode (judged by data, not pongs)", feed=feed)
+    clear_faults(feed.sim.admin)
+    m = feed.stats()["rtds_updates"]
+    wait_for(lambda: feed.stats()["rtds_connected"] == 1
+             and feed.stats()["rtds_updates"] > m + 50, "streaming again", feed=feed)
