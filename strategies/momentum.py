@@ -1,9 +1,12 @@
 """A momentum strategy: the file a strategy author edits, then reloads.
 
-Late in a window, if the asset has moved clearly away from the window's open and the recent
-1m candles agree (momentum), buy the side it is moving to, but only below a price that
-leaves an edge after the taker fee. The signal history (recent momentum per slot) is the
-state that must survive a reload: it is snapshotted every cycle and handed to the successor.
+Late in a window, if the reference price (Chainlink, what the market resolves on) has moved
+clearly away from the price to beat, the recent moves agree, and Binance's latest 1m candle
+(the fast signal) points the same way (momentum), buy the side it is moving to, but only
+below a price that leaves an edge after the taker fee. No price to beat, or a stale
+reference: no trade (the market would be decided on a number we do not know). The signal
+history (recent moves per slot) is the state that must survive a reload: it is snapshotted
+every cycle and handed to the successor.
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ class Strategy:
         candles = view.candles.get("1m")
         if candles is None or len(candles) < 3 or not view.accepting:
             return None
-        open_price = view.window_open_price
-        if open_price is None:
+        move = view.move_from_price_to_beat
+        if move is None:
             return None
-        last = float(candles["close"][-1])
-        move = (last - open_price) / open_price
+        fast = float(candles["close"][-1]) - float(candles["open"][-1])   # Binance, last 1m
         hist = self.history.setdefault(view.label, [])
         hist.append(move)
         del hist[:-20]
@@ -38,9 +40,9 @@ class Strategy:
         recent = hist[-self.confirmations:]
         if len(recent) < self.confirmations or abs(move) < self.min_move:
             return None
-        if all(m > 0 for m in recent):
+        if all(m > 0 for m in recent) and fast >= 0:
             side, book = "Up", view.up
-        elif all(m < 0 for m in recent):
+        elif all(m < 0 for m in recent) and fast <= 0:
             side, book = "Down", view.down
         else:
             return None

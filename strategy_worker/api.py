@@ -14,6 +14,7 @@ windows or the slot table.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,9 +29,20 @@ class Book:
     ask_size: float
 
 
+NAN = math.nan
+
+
 @dataclass(frozen=True)
 class SlotView:
-    """One market slot at one tick: the market, its books and the asset's closed candles."""
+    """One market slot at one tick: the market, its books and the asset's closed candles.
+
+    The market resolves on the *reference* (Chainlink's stream, via Polymarket's RTDS), not
+    on Binance: Up iff the reference at ``end_ts`` >= ``price_to_beat`` (the reference at
+    ``window_start``). ``reference_price`` is its newest observation at this tick. Ages are
+    clock seconds from the observation to the tick's time; NaN means not known (no price to
+    beat for this window: don't trade it). Binance candles stay the fast signal.
+    The fields after ``candles`` have defaults, so code written before them still works.
+    """
 
     tick: int
     now: float                    # clock seconds (simulated in sim mode)
@@ -45,6 +57,13 @@ class SlotView:
     up: Book
     down: Book
     candles: dict[str, np.ndarray]   # interval -> KLINE_DT array of closed candles, oldest first
+    reference_price: float = NAN  # newest reference (Chainlink) observation
+    reference_age_s: float = NAN  # its age at this tick
+    reference_stale: bool = True  # older than the staleness limit (the position worker refuses)
+    price_to_beat: float = NAN    # the reference at window_start (what the market compares)
+    price_to_beat_age_s: float = NAN
+    tick_size: float = 0.01       # the market's own price tick
+    min_size: float = 5.0         # the market's minimum order size, shares
 
     @property
     def seconds_left(self) -> float:
@@ -58,6 +77,16 @@ class SlotView:
             return None
         hit = c[c["open_time"] == self.window_start * 1000]
         return float(hit["open"][0]) if len(hit) else None
+
+
+    @property
+    def move_from_price_to_beat(self) -> float | None:
+        """(reference - price to beat) / price to beat: > 0 means Up is winning now; None
+        when either is not known or the reference is stale."""
+        ref, ptb = self.reference_price, self.price_to_beat
+        if self.reference_stale or not (math.isfinite(ref) and math.isfinite(ptb)) or ptb <= 0:
+            return None
+        return (ref - ptb) / ptb
 
 
 @dataclass(frozen=True)

@@ -14,17 +14,34 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
 from core.markets import KLINE_INTERVALS, SLOTS, SYMBOLS
-from state.layout import WINDOW_ROW_DT, SlotStatus
+from state.layout import WINDOW_ROW_DT, RefStatus, SlotStatus
 from state.run import RunPaths
 from state.strings import decode_nul
 from state.table import TableReader, TornRowError
 from strategy_worker.api import Book, SlotView
 
 log = logging.getLogger(__name__)
+
+
+def _reference(m: np.void, tick_ms: int) -> dict:
+    """The reference fields of a view, from the market row the scanner wrote for the tick."""
+    ref_ms, ptb_ms = int(m["ref_ms"]), int(m["ptb_ms"])
+    tick_size, min_size = float(m["tick_size"]), float(m["min_size"])
+    out = {"reference_price": float(m["ref_price"]),
+           "reference_age_s": (tick_ms - ref_ms) / 1000 if ref_ms > 0 else math.nan,
+           "reference_stale": int(m["ref_status"]) != RefStatus.OK,
+           "price_to_beat": float(m["price_to_beat"]),
+           "price_to_beat_age_s": (tick_ms - ptb_ms) / 1000 if ptb_ms > 0 else math.nan}
+    if tick_size > 0:
+        out["tick_size"] = tick_size
+    if min_size > 0:
+        out["min_size"] = min_size
+    return out
 
 
 class StateViews:
@@ -76,7 +93,8 @@ class StateViews:
                 down=Book(float(m["down_bid"]), float(m["down_ask"]), float(m["down_bid_size"]),
                           float(m["down_ask_size"])),
                 candles={iv: self.candles(sym, j, until)
-                         for j, iv in enumerate(KLINE_INTERVALS)}))
+                         for j, iv in enumerate(KLINE_INTERVALS)},
+                **_reference(m, int(tick_rec["tick_time_ms"]))))
         return views
 
     def close(self) -> None:

@@ -153,3 +153,43 @@ def test_a_row_left_mid_write_gives_the_previous_copy_not_an_error(
     after = views.candles(BTC, ONE_MINUTE)            # the row is whole again: refreshed
     assert len(after) == 3 and views.torn_reads == 1
     assert np.array_equal(after[:2], before)
+
+
+def test_reference_fields_come_from_the_tick_and_drive_the_default_strategy(views):
+    import importlib.util
+    from pathlib import Path
+
+    import state.layout as lay
+
+    row = market_row(0, tick=3)
+    row["ref_price"], row["ref_ms"], row["ref_status"] = 101.0, T0_MS + 270_000, lay.RefStatus.OK
+    row["price_to_beat"], row["ptb_ms"] = 100.0, T0_MS + 400
+    row["tick_size"], row["min_size"] = 0.001, 15.0
+    bare = market_row(1, tick=3)                      # the feed had no reference for it
+    v, v_bare = views.slot_views(tick_record(3, T0_MS + 272_000, [row, bare]), T0_MS / 1000)
+    assert v.reference_price == 101.0 and v.price_to_beat == 100.0
+    assert v.reference_age_s == 2.0 and v.price_to_beat_age_s == 271.6
+    assert not v.reference_stale and v.tick_size == 0.001 and v.min_size == 15.0
+    assert v.move_from_price_to_beat == pytest.approx(0.01)
+    assert v_bare.reference_stale and v_bare.move_from_price_to_beat is None
+    assert v_bare.tick_size == 0.01 and v_bare.min_size == 5.0      # defaults when unknown
+
+    # The default strategy trades late in the window on the move from the price to beat.
+    spec = importlib.util.spec_from_file_location(
+        "momentum_t", Path(__file__).resolve().parents[2] / "strategies" / "momentum.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    strat = mod.Strategy({"confirmations": 1})
+    candles = np.zeros(3, dtype=WINDOW_ROW_DT["candles"].base)
+    candles["open"], candles["close"] = 50.0, 50.5            # Binance: up in the last minute
+    late = SlotView(**{**v.__dict__, "now": v.end_ts - 30, "candles": {"1m": candles}})
+    d = strat.evaluate(late)
+    assert d is not None and d.outcome == "Up"
+    # Binance's 1m open is irrelevant now: no price to beat, no trade
+    blind = SlotView(**{**late.__dict__, "price_to_beat": float("nan")})
+    assert mod.Strategy({"confirmations": 1}).evaluate(blind) is None
+    stale = SlotView(**{**late.__dict__, "reference_stale": True})
+    assert mod.Strategy({"confirmations": 1}).evaluate(stale) is None
+    below = SlotView(**{**late.__dict__, "reference_price": 99.0})   # Down is winning
+    d2 = mod.Strategy({"confirmations": 1}).evaluate(below)
+    assert d2 is None                      # the fast signal (Binance up) disagrees: no trade
