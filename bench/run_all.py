@@ -334,10 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="every phase, briefly (the test suite's smoke run; its numbers are "
                          "not comparable with a full run's)")
+    if "--quick" in (sys.argv[1:] if argv is None else argv):
+        ap.set_defaults(**QUICK)              # brief defaults; explicit flags still win
     args = ap.parse_args(argv)
-    if args.quick:
-        for k, v in QUICK.items():
-            setattr(args, k, v)
     results = args.results_dir
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM unwinds like ^C
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,7 @@ from position_worker.keys import client_key, idem_key, order_metadata
 from position_worker.markets import MarketQuote, MarketsView
 from position_worker.positions import PositionStore
 from position_worker.reconcile import Reconciler
-from position_worker.risk import Book, RiskConfig, check
+from position_worker.risk import Book, RiskConfig, Verdict, check
 from position_worker.settle import Settler
 from position_worker.stats import Stats, StatsKeeper
 from state.control import ControlBlock, WorkerSlot
@@ -197,8 +197,10 @@ class Engine:
             return 0
         return int(self.control.worker(slot)["epoch"])
 
-    def risk_book(self, now_s: float) -> Book:
-        held = list(self.book.values())
+    def risk_book(self, now_s: float, pending: Sequence[OrderRow] = ()) -> Book:
+        """The book the risk limits see: every held order, plus ``pending`` (accepted earlier
+        in the batch being decided, not committed yet, so not in ``self.book``)."""
+        held = [*self.book.values(), *pending]
         exposure = sum(o.cost if o.state == _S.FILLED else o.stake for o in held)
         day_start = float(int(now_s) // DAY_S * DAY_S)
         # A position whose window is over but which is not settled yet counts as lost (cost
@@ -219,33 +221,65 @@ class Engine:
 
     def decide(self, it: Intent) -> OrderRow | None:
         """Journal the intent and its decision; returns the new order when accepted."""
+        return self.decide_all([it])[0]
+
+    def decide_all(self, intents: Sequence[Intent]) -> list[OrderRow | None]:
+        """Journal the decisions of ``intents`` (typically one tick's) in one commit; per
+        intent, the new order when accepted.
+
+        One fsynced commit for the batch, not one per intent: a commit costs about a
+        millisecond here, and one each made the 16th decision of a tick wait for fifteen.
+        Nothing acts on a decision before that commit: the decided cursor, the book, the logs
+        and the caller's launches come after it, so a crash mid-batch leaves every intent of
+        the batch undecided (re-read from the lane cursor), never half-sent.
+        """
+        decided: list[tuple[Intent, Verdict, OrderRow | None]] = []
+        accepted: list[OrderRow] = []
+        with self.journal.transaction():
+            for it in intents:
+                verdict, order = self._journal_decision(it, accepted)
+                if order is not None:
+                    accepted.append(order)
+                decided.append((it, verdict, order))
+        for it, verdict, order in decided:
+            self._decided(it, verdict, order)
+        return [order for _, _, order in decided]
+
+    def _journal_decision(self, it: Intent, accepted: Sequence[OrderRow]
+                          ) -> tuple[Verdict, OrderRow | None]:
+        """Check ``it`` and write its decision (and order) inside the open transaction.
+        ``accepted``: the batch's orders so far, which the risk limits must count."""
         now = self.clock.now()
         verdict = fence(it, self.control.active_epoch, self.lane_epoch(it.lane),
                         self.control.fence(it.lane)) or validate(it)
         quote = None
         if verdict is None:
             quote = self.markets.quote(it.slot)
+            # has_order reads the journal inside this transaction: it sees the batch's rows
             verdict = deduplicate(it, self.journal.has_order(idem_key(it.slot, it.window_start)),
                                   self.traded_on_venue(it, quote))
         if verdict is None:
-            verdict = check(it, quote, self.risk_book(now), self.cfg.risk, paused=self.paused(),
-                            now_s=now, now_mono_ns=self.clock.monotonic_ns(),
-                            speed=self.clock.speed)
+            verdict = check(it, quote, self.risk_book(now, accepted), self.cfg.risk,
+                            paused=self.paused(), now_s=now,
+                            now_mono_ns=self.clock.monotonic_ns(), speed=self.clock.speed)
         order = None
-        with self.journal.transaction():
-            ck = client_key(it.slot, it.window_start) if verdict.ok else ""
-            row = self.journal.record_intent(it, accepted=verdict.ok, reject=verdict.reason,
-                                             detail=verdict.detail, client_key=ck)
-            if verdict.ok:
-                assert quote is not None
-                order = OrderRow(
-                    client_key=ck, idem_key=idem_key(it.slot, it.window_start), intent_row=row,
-                    slot=it.slot, window_start=it.window_start, end_ts=quote.end_ts,
-                    slug=it.slug, condition_id=quote.condition_id, outcome=it.outcome,
-                    token=quote.token(it.outcome), stake=self.cfg.risk.stake,
-                    max_price=it.max_price, epoch=it.epoch)
-                self.journal.insert_order(order)
-            self.journal.set_lane_cursor(it.lane, self.ring_ids.get(it.lane, 0), it.seq + 1)
+        ck = client_key(it.slot, it.window_start) if verdict.ok else ""
+        row = self.journal.record_intent(it, accepted=verdict.ok, reject=verdict.reason,
+                                         detail=verdict.detail, client_key=ck)
+        if verdict.ok:
+            assert quote is not None
+            order = OrderRow(
+                client_key=ck, idem_key=idem_key(it.slot, it.window_start), intent_row=row,
+                slot=it.slot, window_start=it.window_start, end_ts=quote.end_ts,
+                slug=it.slug, condition_id=quote.condition_id, outcome=it.outcome,
+                token=quote.token(it.outcome), stake=self.cfg.risk.stake,
+                max_price=it.max_price, epoch=it.epoch)
+            self.journal.insert_order(order)
+        self.journal.set_lane_cursor(it.lane, self.ring_ids.get(it.lane, 0), it.seq + 1)
+        return verdict, order
+
+    def _decided(self, it: Intent, verdict: Verdict, order: OrderRow | None) -> None:
+        """After the commit: publish the decision."""
         # Only now that the decision is durable: the supervisor flips the epoch once every
         # intent of a drained lane below its fence is decided, and reads that from here.
         self.control.set_decided(it.lane, it.seq + 1)
@@ -255,12 +289,11 @@ class Engine:
             log.info("intent rejected: lane %d seq %d slot %d %s: %s (%s)", it.lane, it.seq,
                      it.slot, it.slug, verdict.reason.name, verdict.detail)
             self.publish()
-            return None
+            return
         log.info("intent accepted: %s %s %s stake %.2f max %.2f -> order %s", it.slug,
                  Outcome(it.outcome).name, it.reason or "-", order.stake, it.max_price,
                  order.client_key)
         self.changed(order)
-        return order
 
     # -- execution --------------------------------------------------------------------------
 

@@ -363,10 +363,11 @@ class Worker:
         lost = 0
         while not self.stop.is_set():
             await source.wait(0.25)
-            for it in source.poll():
-                order = engine.decide(it)
-                if order is not None:
-                    engine.launch(order)
+            intents = source.poll()
+            if intents:
+                for order in engine.decide_all(intents):      # one commit for the batch
+                    if order is not None:
+                        engine.launch(order)
             self._publish_decided(source)
             if source.lost() != lost:
                 log.error("intent rings lapped: %d intents lost", source.lost() - lost)

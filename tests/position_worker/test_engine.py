@@ -721,6 +721,46 @@ async def test_decide_advances_the_decided_cursor(rig: Rig) -> None:
     assert rejected(rig) == {"STALE_EPOCH": 1, "DUPLICATE": 1, "FENCED": 1}
 
 
+async def test_a_batch_counts_its_own_orders_against_the_limits(rig: Rig) -> None:
+    """One commit per batch: the limits and the duplicate check still see the orders the
+    batch accepted before (they are in neither the book nor a committed row yet)."""
+    eng = rig.restart(max_open=2)
+    for slot in range(3):
+        rig.markets.set(slot, T0)
+    out = eng.decide_all([intent(slot=0, seq=0), intent(slot=0, seq=1),   # the same window
+                          intent(slot=1, seq=2), intent(slot=2, seq=3)])
+    assert [o is not None for o in out] == [True, False, True, False]
+    assert rejected(rig) == {"DUPLICATE": 1, "MAX_OPEN": 1}
+    assert rig.control.decided(0) == 4
+    assert len(rig.positions()) == 2
+
+
+async def test_a_failing_batch_decides_nothing(rig: Rig, monkeypatch: pytest.MonkeyPatch
+                                               ) -> None:
+    """A crash in the middle of a batch rolls all of it back: no row, no order, no cursor,
+    so the restarted worker reads every intent of the batch again."""
+    for slot in range(2):
+        rig.markets.set(slot, T0)
+    real = rig.journal.insert_order
+    calls = []
+
+    def flaky(o: object) -> None:
+        calls.append(o)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(o)                                     # type: ignore[arg-type]
+
+    monkeypatch.setattr(rig.journal, "insert_order", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        rig.engine.decide_all([intent(slot=0, seq=0), intent(slot=1, seq=1)])
+    assert rig.control.decided(0) == 0 and not rig.positions()
+    assert rig.journal.orders() == [] and rig.engine.stats().rejected == {}
+    monkeypatch.setattr(rig.journal, "insert_order", real)
+    assert all(o is not None for o in rig.engine.decide_all(
+        [intent(slot=0, seq=0), intent(slot=1, seq=1)]))
+    assert rig.control.decided(0) == 2
+
+
 # -- the kill switch ------------------------------------------------------------------------
 
 

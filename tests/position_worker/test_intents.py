@@ -221,16 +221,18 @@ async def test_intake_publishes_decided_past_lost_intents(run_paths: RunPaths,
     worker = Worker(parse_args(["--run-dir", str(run_paths.run_dir)]))
     worker.control = control
 
-    def decide(it):  # type: ignore[no-untyped-def]
-        seen.append(it.seq)            # a real decide also publishes it.seq + 1; this one not
-        if it.seq == head - 1:
-            worker.stop.set()
+    def decide_all(intents):  # type: ignore[no-untyped-def]
+        for it in intents:        # a real decide also publishes it.seq + 1; this one not
+            seen.append(it.seq)
+            if it.seq == head - 1:
+                worker.stop.set()
+        return [None] * len(intents)
     try:
         for _ in range(head):
             submit(w)
         worker._publish_decided(src)                   # start-up: nothing read yet
         assert (control.decided(0), control.decided(1)) == (0, 0)
-        await worker._intake(src, SimpleNamespace(decide=decide))  # type: ignore[arg-type]
+        await worker._intake(src, SimpleNamespace(decide_all=decide_all))  # type: ignore[arg-type]
         assert seen == list(range(5, head)) and src.lost() == 5
         assert (control.decided(0), control.decided(1)) == (head, 0)
     finally:
