@@ -57,7 +57,7 @@ SCHEMA = 1
 # ~7 s at 60x), in about 100 s on 2 cores
 QUICK = {"reloads": 3, "rollbacks": 1, "wakeup_iterations": 30, "record_seconds": 10.0,
          "reaction_seconds": 6.0, "footprint_seconds": 5.0, "feed_seconds": 2.0,
-         "ring_quick": True}
+         "inprocess_reloads": 4, "ring_quick": True}
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reaction-seconds", type=float, default=40.0)
     ap.add_argument("--footprint-seconds", type=float, default=30.0)
     ap.add_argument("--feed-seconds", type=float, default=10.0)
+    ap.add_argument("--inprocess-reloads", type=int, default=inprocess.RELOADS)
     ap.add_argument("--ring-quick", action="store_true", help="bench.ring --quick")
     ap.add_argument("--keep-run-dirs", action="store_true")
     ap.add_argument("--results-dir", type=Path, default=RESULTS,
@@ -475,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # 10. in process: importlib.reload, and the no-handoff replay
         views = [t.views for t in rec.ticks[:64]] if rec is not None and rec.ticks else None
-        ip = ph.run("inprocess_reload", lambda: inprocess.run_isolated(views))
+        ip = ph.run("inprocess_reload", lambda: inprocess.run_isolated(
+            views, args.inprocess_reloads))
         if ip is not None:
             out["inprocess_reload"] = {k: ip[k] for k in ("loop_blocked_ms",
                                                           "feed_msgs_delayed",
