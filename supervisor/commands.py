@@ -44,6 +44,7 @@ from state.run import RunPaths
 from supervisor.control_file import (
     INTERRUPTED,
     KILL_TIMEOUT_S,
+    LEDGER_NAME,
     Command,
     CommandLedger,
     ControlReader,
@@ -75,7 +76,7 @@ class CommandDesk:
         self.clock = clock
         self.kill_timeout_s = kill_timeout_s
         self.kills: list[PendingKill] = []
-        self.ledger = CommandLedger(paths.run_dir / "commands.json")
+        self.ledger = CommandLedger(paths.run_dir / LEDGER_NAME)
         self.reader = ControlReader(paths.control_json, self.ledger)
         for rec in self.ledger.interrupted():
             self.ledger.done(rec["id"], "error", INTERRUPTED)

@@ -63,6 +63,7 @@ KILL_TIMEOUT_S = 30.0       # a kill not confirmed by the position worker by the
 RESULTS = ("ok", "error", "rolled_back")
 INTERRUPTED = "interrupted by a supervisor restart"
 LEDGER_VERSION = 1
+LEDGER_NAME = "commands.json"        # beside control.json, written by the supervisor only
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _SHA_PREFIX_RE = re.compile(r"[0-9a-f]{6,64}")
@@ -622,8 +623,9 @@ def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | 
     """Append one command to control.json and return its id (default: a fresh uuid4 hex).
 
     Validates with :data:`COMMANDS` (InputError says why). Under an flock on
-    ``.control.json.lock`` it keeps the file's last ``keep`` commands (fewer if needed to stay
-    under ``max_bytes``) and replaces it atomically with mode 0600. A file the supervisor would
+    ``.control.json.lock`` it keeps at most ``keep`` commands within ``max_bytes``, making
+    room by dropping the oldest ones the supervisor has read (OperatorError when only unread
+    ones are left), and replaces the file atomically with mode 0600. A file the supervisor would
     refuse (junk, a symlink, wrong owner or mode) is replaced, its content dropped: a writer
     must not launder another user's commands into a trusted file. OSError -> OperatorError.
     """
@@ -645,18 +647,39 @@ def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | 
             entries = _parse_file(data)[0] if data is not None else []
             if any(_usable_id(e) == command.id for e in entries):
                 raise InputError(f"id {command.id!r} is already in {path.name}")
-            entries = [*entries, command.to_json()][-keep:]
+            new = command.to_json()
+            if len(_encode([new])) > max_bytes:
+                raise InputError(f"{cmd}: the command is {len(_encode([new]))} bytes, over "
+                                 f"the {max_bytes}-byte limit of {path.name}")
+            # Make room by dropping the oldest commands the supervisor has already read (its
+            # ledger's "seen" ids), never one it has not: that would lose a stop or a kill.
+            seen = _seen_ids(path.with_name(LEDGER_NAME))
+            entries = [*entries, new]
             out = _encode(entries)
-            while len(out) > max_bytes and len(entries) > 1:
-                entries = entries[1:]       # the oldest one has most likely run already
+            while len(entries) > keep or len(out) > max_bytes:
+                old = next((i for i, e in enumerate(entries[:-1]) if _usable_id(e) in seen
+                            or _usable_id(e) is None), None)
+                if old is None:
+                    raise OperatorError(
+                        f"{path.name} holds {len(entries) - 1} commands the supervisor has not "
+                        f"read yet (is it running?); not dropping any of them to make room")
+                del entries[old]
                 out = _encode(entries)
-            if len(out) > max_bytes:
-                raise InputError(f"{cmd}: the command is {len(out)} bytes, over the "
-                                 f"{max_bytes}-byte limit of {path.name}")
             _replace(path, out)
     except OSError as e:
         raise OperatorError(f"cannot write {path}: {e}") from e
     return command.id
+
+
+def _seen_ids(ledger_path: Path) -> set[str]:
+    """The ids the supervisor has read (its ledger's ``seen``); empty when unreadable, so
+    that nothing unread is ever dropped."""
+    try:
+        doc = orjson.loads(ledger_path.read_bytes())
+        seen = doc.get("seen") if isinstance(doc, dict) else None
+    except (OSError, orjson.JSONDecodeError):
+        return set()
+    return set(seen) if isinstance(seen, dict) else set()
 
 
 def _acks(status_path: Path) -> list[dict]:

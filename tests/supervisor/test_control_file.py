@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.errors import InputError
+from core.errors import InputError, OperatorError
 from supervisor.control_file import (
     COMMANDS,
     INTERRUPTED,
@@ -506,16 +506,37 @@ def test_append_command_refuses_a_duplicate_or_bad_id(run: Run) -> None:
         append_command(run.control, "resume", id="")
 
 
-def test_append_command_keeps_the_last_n(run: Run) -> None:
-    ids = [append_command(run.control, "pause", keep=3) for _ in range(5)]
+def test_append_command_keeps_the_last_n_it_has_read(run: Run) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append(append_command(run.control, "pause", keep=3))
+        run.reader.poll()                       # the supervisor reads each one
     doc = orjson.loads(run.control.read_bytes())
     assert [c["id"] for c in doc["commands"]] == ids[-3:]
+
+
+def test_append_command_never_drops_an_unread_command(run: Run) -> None:
+    """A full file of commands the supervisor has not read (it is down, say) is refused, not
+    trimmed: the oldest of them could be a stop or a kill."""
+    first = append_command(run.control, "stop", keep=3)
+    run.reader.poll()                                   # read: may go
+    unread = [append_command(run.control, "pause", keep=3) for _ in range(2)]
+    third = append_command(run.control, "resume", keep=3)   # drops the read stop
+    doc = orjson.loads(run.control.read_bytes())
+    assert [c["id"] for c in doc["commands"]] == [*unread, third] and first not in str(doc)
+    with pytest.raises(OperatorError, match="3 commands the supervisor has not read"):
+        append_command(run.control, "kill", keep=3)
+    assert [c["id"] for c in orjson.loads(run.control.read_bytes())["commands"]] == [
+        *unread, third]                                 # unchanged
+    run.reader.poll()
+    append_command(run.control, "kill", keep=3)         # read now: room again
 
 
 def test_append_command_stays_under_the_size_limit(run: Run) -> None:
     for i in range(5):
         append_command(run.control, "reload", {"params": {"pad": "x" * 300}}, id=f"r{i}",
                        max_bytes=1024)
+        run.reader.poll()
     assert run.control.stat().st_size <= 1024
     assert orjson.loads(run.control.read_bytes())["commands"][-1]["id"] == "r4"
     with pytest.raises(InputError, match="over the 1024-byte limit"):
