@@ -7,6 +7,7 @@ lazily and re-attaches when the segment file is replaced.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -42,6 +43,12 @@ class MarketQuote:
     up_bid: float
     down_bid: float
     updated_ns: int
+    # the reference the market resolves on (Chainlink via RTDS), observation times in clock ms
+    ref_price: float = math.nan
+    ref_ms: int = 0
+    price_to_beat: float = math.nan
+    tick_size: float = 0.0           # the market's own tick; 0 = not known
+    min_size: float = 0.0            # the market's minimum order size (shares); 0 = not known
 
     @classmethod
     def from_row(cls, row: np.void) -> MarketQuote:
@@ -53,7 +60,9 @@ class MarketQuote:
                    up_ask=float(row["up_ask"]), up_ask_size=float(row["up_ask_size"]),
                    down_ask=float(row["down_ask"]), down_ask_size=float(row["down_ask_size"]),
                    up_bid=float(row["up_bid"]), down_bid=float(row["down_bid"]),
-                   updated_ns=int(row["updated_ns"]))
+                   updated_ns=int(row["updated_ns"]), ref_price=float(row["ref_price"]),
+                   ref_ms=int(row["ref_ms"]), price_to_beat=float(row["price_to_beat"]),
+                   tick_size=float(row["tick_size"]), min_size=float(row["min_size"]))
 
     @property
     def ok(self) -> bool:

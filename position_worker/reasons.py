@@ -27,6 +27,8 @@ class RejectReason(enum.IntEnum):
     NO_BOOK = 13          # no ask on the wanted side
     FENCED = 14           # hot reload: the intent's lane was closed (fenced) when its worker
                           # drained; only intents below the fence may still trade
+    STALE_REFERENCE = 15  # the reference price the market resolves on (Chainlink) is missing
+                          # or older than the limit, or the window's price to beat is unknown
 
 
 assert len(RejectReason) <= N_REJECT_REASONS

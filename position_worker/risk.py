@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from core.reference import REF_STALE_S, stale_limit_s
 from position_worker.intents import Intent
 from position_worker.markets import MarketQuote
 from position_worker.reasons import RejectReason
@@ -24,6 +25,9 @@ class RiskConfig:
     max_book_age_s: float = 20.0      # market-clock seconds since the scanner wrote the row
     min_book_age_wall_s: float = 1.0  # ... but never less than this in wall seconds (jitter)
     stake_tolerance: float = 0.01
+    # the reference (Chainlink) a market resolves on: older than this (clock s, floored at
+    # 1 wall s: core.reference) and the slot is degraded, not traded
+    max_reference_age_s: float = REF_STALE_S
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,21 @@ def max_book_age_wall_s(cfg: RiskConfig, speed: float) -> float:
     return max(cfg.max_book_age_s / max(speed, 1e-9), cfg.min_book_age_wall_s)
 
 
+def reference_problem(q: MarketQuote, cfg: RiskConfig, now_s: float, speed: float) -> str:
+    """Why the slot's reference cannot be trusted now ("" when it can): no observation, one
+    older than the limit, or no price to beat for this window. Judged on observation times
+    (the stream's own clock ms), against the market clock."""
+    if q.ref_ms <= 0 or not math.isfinite(q.ref_price):
+        return "no reference price (Chainlink via RTDS) for this slot"
+    age_s = now_s - q.ref_ms / 1000
+    limit = stale_limit_s(speed, cfg.max_reference_age_s)
+    if age_s > limit:
+        return f"reference is {age_s:.1f} clock s old (limit {limit:.1f} s)"
+    if not math.isfinite(q.price_to_beat):
+        return f"no price to beat for the window {q.window_start}"
+    return ""
+
+
 def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, paused: bool,
           now_s: float, now_mono_ns: int, speed: float = 1.0) -> Verdict:
     """The first failed limit, in a fixed order (cheapest and most fundamental first)."""
@@ -87,6 +106,9 @@ def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, pau
     if q.updated_ns <= 0 or age_s > max_book_age_wall_s(cfg, speed):
         return Verdict(RejectReason.STALE_BOOK,
                        f"book is {age_s:.2f} wall s ({age_s * speed:.1f} market s) old")
+    stale = reference_problem(q, cfg, now_s, speed)
+    if stale:
+        return Verdict(RejectReason.STALE_REFERENCE, stale)
     ask, _size = q.ask(it.outcome)
     if not (math.isfinite(ask) and 0.0 < ask < 1.0):
         return Verdict(RejectReason.NO_BOOK, f"no ask ({ask})")

@@ -37,12 +37,16 @@ def down_token(slot: int, ws: int) -> str:
 class MarketTable:
     """Plays the feed worker: owns the "markets" table and writes slot rows."""
 
-    def __init__(self, paths: RunPaths) -> None:
+    def __init__(self, paths: RunPaths, now_ms: Callable[[], int] | None = None) -> None:
         self.w = TableWriter(paths.seg("markets"), MARKET_DT, N_SLOTS, name="markets")
+        self.now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
 
     def set(self, slot: int, window_start: int, *, up_ask: float = 0.55, down_ask: float = 0.47,
             size: float = 500.0, accepting: bool = True, status: int = SlotStatus.OK,
-            updated_ns: int | None = None, slug: str | None = None) -> None:
+            updated_ns: int | None = None, slug: str | None = None,
+            ref_ms: int | None = None, price_to_beat: float = 100.0) -> None:
+        """A scanned row; the reference is fresh (observed now) unless ``ref_ms`` says
+        otherwise (0: none), with the window's price to beat (NaN: unknown)."""
         s = SLOTS[slot]
         r = np.zeros((), dtype=MARKET_DT)
         r["slot"] = slot
@@ -59,6 +63,9 @@ class MarketTable:
         r["down_ask"], r["down_ask_size"] = down_ask, size
         r["up_bid"], r["down_bid"] = up_ask - 0.02, down_ask - 0.02
         r["updated_ns"] = time.monotonic_ns() if updated_ns is None else updated_ns
+        r["ref_ms"] = self.now_ms() if ref_ms is None else ref_ms
+        r["ref_price"] = 100.0 if r["ref_ms"] > 0 else float("nan")
+        r["price_to_beat"] = price_to_beat
         self.w.write(slot, r)
 
     def close(self) -> None:

@@ -120,6 +120,8 @@ class FeedPlayer:
         (r["up_ask"], r["up_ask_size"]), (r["down_ask"], r["down_ask_size"]) = (
             books["up"], books["down"])
         r["updated_ns"] = time.monotonic_ns()
+        # the feed's reference fields: a fresh observation (market clock) and a price to beat
+        r["ref_ms"], r["ref_price"], r["price_to_beat"] = self.clock.now_ms(), 100.0, 100.0
         self.table.w.write(slot, r)
         return Scanned(slot, ws, slug, tok["up"], tok["down"], books["up"][0],
                        books["down"][0], books["up"][1], books["down"][1])

@@ -104,6 +104,7 @@ class RigClock(ManualClock):
 @pytest.fixture
 def rig(run_paths: RunPaths, control: ControlBlock, markets: MarketTable):
     clock = RigClock(start=T0 + 10)
+    markets.now_ms = clock.now_ms          # the reference is observed on the market clock
     control.set_active_epoch(EPOCH)
     register_lanes(control, EPOCH, EPOCH)
     r = Rig(run_paths, control, markets, clock, FakeVenue(), FakeGamma(),
@@ -845,3 +846,24 @@ async def test_kill_cleared_meanwhile_is_not_confirmed(rig: Rig) -> None:
     rig.venue.cancel_all = cancel_then_resume   # type: ignore[method-assign]
     await rig.engine.kill()
     assert not rig.control.kill_confirmed and not rig.engine.kill_due()
+
+
+def test_a_stale_or_missing_reference_blocks_that_slot_only(rig: Rig) -> None:
+    """The reference (Chainlink) a market resolves on: stale, absent, or without a price to
+    beat for the window, and the slot is refused with STALE_REFERENCE; a fresh one trades."""
+    now_ms = rig.clock.now_ms()
+    rig.markets.set(0, T0, ref_ms=now_ms - 11_000)              # 11 clock s old: > 10 s
+    rig.markets.set(1, T0, ref_ms=0)                            # never observed
+    rig.markets.set(2, T0, price_to_beat=float("nan"))          # joined after the start
+    rig.markets.set(3, T0, ref_ms=now_ms - 9_000)               # 9 s old: still fine
+    for i, slot in enumerate((0, 1, 2)):
+        assert rig.engine.decide(intent(slot=slot).__class__(
+            **{**intent(slot=slot).__dict__, "seq": i})) is None
+    assert rejected(rig) == {"STALE_REFERENCE": 3}
+    assert rig.engine.decide(intent(slot=3).__class__(
+        **{**intent(slot=3).__dict__, "seq": 3})) is not None
+    details = [r[0] for r in rig.journal.db.execute(
+        "SELECT detail FROM intents WHERE reject_reason = ? ORDER BY rowid",
+        (int(RejectReason.STALE_REFERENCE),))]
+    assert "11.0 clock s old" in details[0] and "no reference" in details[1]
+    assert "no price to beat" in details[2]
