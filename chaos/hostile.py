@@ -154,13 +154,19 @@ def _hypothesis_commands(n: int, seed: int) -> list[dict]:
     return out
 
 
+SMALL = ("junk bytes", "unknown command", "wrong arg type", "missing id", "huge file",
+         "deep args", "symlink", "FIFO")           # opts.small: the test's sample
+
+
 def hostile_control(bot: Bot, opts: Options) -> Findings:
     f = Findings()
-    for name, content, cid in CORPUS:
+    corpus = [c for c in CORPUS if c[0] in SMALL] if opts.small else CORPUS
+    for name, content, cid in corpus:
         why = _control_case(bot, name, content, cid)
         if why:
             f.problems.append(why)
-    cases = _hypothesis_commands(HYPOTHESIS_CASES, opts.seed)
+    cases = _hypothesis_commands(HYPOTHESIS_CASES // 4 if opts.small else HYPOTHESIS_CASES,
+                                 opts.seed)
     path = bot.run_dir / "control.json"
     _put(path, _doc(*cases), bot.tmp)
     for e in cases:
@@ -172,7 +178,7 @@ def hostile_control(bot: Bot, opts: Options) -> Findings:
                       ACK_DEADLINE_S)
     if ok is None or ok.get("result") != "ok":
         f.problems.append(f"a valid resume after the hostile input: ack {ok}")
-    f.stats.update(control_cases=len(CORPUS), control_hypothesis=len(cases))
+    f.stats.update(control_cases=len(corpus), control_hypothesis=len(cases))
     return f
 
 
@@ -210,27 +216,29 @@ HTTP_CORPUS: list[tuple[str, str, str, bool, bytes | None]] = [
 ]
 
 
-def hostile_http(bot: Bot) -> Findings:
+def hostile_http(bot: Bot, opts: Options) -> Findings:
     f = Findings()
     info = checks.poll(lambda: read_api_info(bot.run_dir), 60.0)
     if info is None:
         f.problems.append("no API (api.json) within 60s")
         return f
     token = Path(info["token_file"]).read_text().strip()
-    for name, method, path, auth, body in HTTP_CORPUS:
+    corpus = HTTP_CORPUS[::3] if opts.small else HTTP_CORPUS
+    for name, method, path, auth, body in corpus:
         code = _http(info["url"], method, path, token if auth else None, body)
         if not 400 <= code < 500:
             f.problems.append(f"HTTP {name} ({method} {path}): {code or 'no answer'}, "
                               "not a 4xx")
     port = int(info["url"].rsplit(":", 1)[1].split("/")[0])
     try:
-        seen = fuzz(port, token, FUZZ_REQUESTS, live=True)
+        seen = fuzz(port, token, FUZZ_REQUESTS // 4 if opts.small else FUZZ_REQUESTS,
+                    live=True)
     except AssertionError as e:          # a 500, or an error that is not JSON
         f.problems.append(f"HTTP fuzz: {str(e)[:300]}")
         seen = []
     if _http(info["url"], "GET", "/api/status", token, None) != 200:
         f.problems.append("GET /api/status is not 200 after the hostile input")
-    f.stats.update(http_cases=len(HTTP_CORPUS), http_fuzzed=len(seen),
+    f.stats.update(http_cases=len(corpus), http_fuzzed=len(seen),
                    http_fuzz_4xx=sum(1 for s, _ in seen if s and 400 <= s < 500))
     return f
 
@@ -241,7 +249,7 @@ def hostile_input(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
     found = hostile_control(bot, opts)
     row.after_fault(bot, admin, "control.json corpus + hypothesis", pids,
                     extra=lambda: found)
-    found_http = hostile_http(bot)
+    found_http = hostile_http(bot, opts)
     row.after_fault(bot, admin, "HTTP corpus + fuzz", pids, extra=lambda: found_http)
     if bot.status().get("paused"):
         row.findings.problems.append("the bot is paused after the hostile input")

@@ -26,6 +26,7 @@ class Options:
     soak_s: float = 600.0          # soak: wall seconds of trading
     reload_every_s: float = 30.0   # soak: a reload this often (wall seconds)
     api: bool = False              # run the bot with its HTTP API (hostile-input needs it)
+    small: bool = False            # a sample of the broken kinds and hostile inputs (tests)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from chaos.row import (
     Options,
     Row,
 )
-from chaos.simfaults import sim_faults
+from chaos.simfaults import sim_faults, sim_restart_scenario
 from chaos.soak import soak
 from sim import testing as sim_testing
 from supervisor.control_file import append_command, wait_for_ack
@@ -255,6 +255,7 @@ SCENARIOS: dict[str, Body] = {
     "reload-storm": reload_storm,
     "supervisor-kill": supervisor_kill,
     "sim-faults": sim_faults,
+    "sim-restart": sim_restart_scenario,
     "broken-strategies": broken_strategies,
     "hostile-input": hostile_input,
     "soak": soak,
@@ -290,8 +291,10 @@ def final_checks(bot: Bot, row: Row, admin: str, before: dict) -> None:
     f.merge(growth_findings)
 
 
-def run(name: str, opts: Options, rng: random.Random, keep: bool = False) -> Row:
-    """One scenario on a fresh bot: start, fault, check, stop, check what is left."""
+def run(name: str, opts: Options, rng: random.Random, keep: bool = False,
+        bodies: list[Body] | None = None) -> Row:
+    """One scenario on a fresh bot: start, fault, check, stop, check what is left.
+    ``bodies``: run these one after the other instead (on the one bot, as ``name``)."""
     row = Row(name)
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f"noblink-chaos-{name}-"))
@@ -307,7 +310,8 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False) -> Row
             return row
         bot.wait_ticks(2)
         before = exchange.resources(bot)
-        SCENARIOS[name](bot, row, checks.sim_admin(bot), pids, opts, rng)
+        for body in bodies or [SCENARIOS[name]]:
+            body(bot, row, checks.sim_admin(bot), pids, opts, rng)
         admin = checks.sim_admin(bot)           # a restarted sim may have moved
         final_checks(bot, row, admin, before)
         (tmp / "order_log.json").write_bytes(orjson.dumps(

@@ -1,5 +1,5 @@
-"""sim-faults: one of each fault the sim's admin endpoint offers (sim/faults.py), then a sim
-restart (kill -9 the sim worker: the supervisor restarts it with the clock continued).
+"""sim-faults: one of each fault the sim's admin endpoint offers (sim/faults.py);
+sim-restart: kill -9 the sim worker (the supervisor restarts it with the clock continued).
 
 After each the bot must keep running and recover: the feed reconnects (status ``feed``:
 ``connected``, ``reconnects``, ``stale_episodes``, ``parse_errors``, ``rest_errors``,
@@ -85,7 +85,12 @@ def sim_faults(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
     since = _last_id(admin)
     fault("order_delay_s 3", {"order_delay_s": 3.0},
           lambda s=since: _orders_hit(admin, s, lambda e: True, "order_delay_s"))
-    sim_restart(bot, row, admin, pids)
+
+
+def sim_restart_scenario(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
+                         rng: random.Random) -> None:
+    for _ in range(opts.runs or 1):
+        admin = sim_restart(bot, row, admin, pids)
 
 
 def _rest_used(bot: Bot, admin: str, switch: str) -> Findings:
@@ -104,6 +109,24 @@ def _orders_hit(admin: str, since: int, pred: Callable[[dict], bool], what: str)
     if checks.poll(lambda: _order_status_seen(admin, since, pred), FAULT_DEADLINE_S * 2,
                    interval=0.1) is None:
         f.problems.append(f"{what}: no order reached the sim in {FAULT_DEADLINE_S * 2:.0f}s")
+    return f
+
+
+def _next_order_taken(admin: str) -> Findings:
+    """The first order the new sim receives is taken (2xx) or refused on its merits, not
+    for authentication: the bot's API key must work with the restarted exchange."""
+    f = Findings()
+    first = checks.poll(lambda: next((e for e in sim_testing.order_log(admin)
+                                      if e.get("method") == "POST"
+                                      and e.get("path") == "/order"), None),
+                        FAULT_DEADLINE_S * 2, interval=0.1)
+    if first is None:
+        f.problems.append("sim restart: no order reached the new sim in "
+                          f"{FAULT_DEADLINE_S * 2:.0f}s")
+    elif first.get("status") in (401, 403):
+        f.problems.append(f"sim restart: the new sim refused the bot's orders with "
+                          f"{first.get('status')} (the position worker kept credentials "
+                          "the restarted exchange does not know)")
     return f
 
 
@@ -126,6 +149,7 @@ def sim_restart(bot: Bot, row: Row, admin: str, pids: set[int]) -> str:
         return admin
     admin = checks.sim_admin(bot)
     f.merge(_moved(bot, "reconnects", reconnects, "sim restart"))
+    f.merge(_next_order_taken(admin))
     row.after_fault(bot, admin, f"kill -9 sim (pid {old})", pids, killed=old,
                     extra=lambda: f)
     return admin
