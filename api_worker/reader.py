@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from supervisor.reloadlog import is_update, merged
+
 MAX_JSON_BYTES = 16 << 20
 
 
@@ -110,7 +112,7 @@ class ReloadLog:
             end = chunk.rfind(b"\n") + 1        # a line still being written waits
             for line in chunk[:end].splitlines():
                 rec = _parse_line(line)
-                if rec is not None:
+                if rec is not None and not is_update(rec):
                     self._counts[str(rec.get("result"))] += 1
             self._offset += end
             return Counter(self._counts)
@@ -118,17 +120,12 @@ class ReloadLog:
     def find(self, rid: str) -> dict[str, Any] | None:
         """The newest record with this reload id or command id (reads the whole file: only
         for ids the status document no longer holds)."""
-        found = None
         try:
             with open(self.path, "rb") as f:
-                for line in f:
-                    if rid.encode() in line:
-                        rec = _parse_line(line)
-                        if rec is not None and matches(rec, rid):
-                            found = rec
+                recs = [r for r in map(_parse_line, f) if r is not None]
         except OSError:
             return None
-        return found
+        return next((r for r in reversed(merged(recs)) if matches(r, rid)), None)
 
     def tail(self, n: int, block: int = 64 << 10) -> list[dict[str, Any]] | None:
         """The last ``n`` records, oldest first; None if there is no file."""
@@ -146,5 +143,5 @@ class ReloadLog:
         lines = data.splitlines()
         if pos > 0:
             lines = lines[1:]                   # the first one may be cut
-        recs = [r for r in map(_parse_line, lines) if r is not None]
+        recs = merged([r for r in map(_parse_line, lines) if r is not None])
         return recs[-n:] if n > 0 else []

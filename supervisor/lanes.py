@@ -39,6 +39,7 @@ from state.layout import EVAL_BUCKETS_MS, N_LANES, LaneAck, LaneCommand
 from state.snapshot import SnapshotRegion
 from strategy_worker.lifecycle import StrategyState
 from strategy_worker.report import read_report
+from supervisor import reloadlog
 from supervisor.deploys import Deployment, DeployStore
 from supervisor.reload import Reload, ReloadRequest, ReloadTimeouts
 from supervisor.workers import Child, ChildSpec, ChildState, RestartPolicy
@@ -144,8 +145,7 @@ class Lanes:
                 self.reload = None
         if self.reload is None and self.queue:
             if self.probation is not None:      # replaced before its probation ended
-                self.probation.record["probation"] = "superseded"
-                self.probation = None
+                self._end_probation("superseded")
             self.reload = Reload(self.queue.popleft(), self, self.timeouts)
             self.failed_for_good = None
             self.reload.step()
@@ -173,8 +173,7 @@ class Lanes:
                           "positions but does not trade; fix the strategy and reload",
                           rec["error"])
         self.history.append(rec)
-        with open(Path(self.cfg.run_dir) / "reloads.jsonl", "ab") as f:
-            f.write(orjson.dumps(rec) + b"\n")
+        self._append_history(rec)
         log.info("reload %s %s: %s", r.id, rec["result"], rec.get("error") or
                  f"epoch {rec['to_epoch']} active, handoff {rec['handoff_ms']} ms")
         for cb in self.done_callbacks:
@@ -187,11 +186,20 @@ class Lanes:
             return None
         return child.proc.poll()       # reaped or not: the code the standby exited with
 
+    def _append_history(self, line: dict[str, Any]) -> None:
+        reloadlog.append(Path(self.cfg.run_dir), line)
+
     def _load_history(self) -> None:
+        self.history.extend(reloadlog.read_tail(Path(self.cfg.run_dir), KEEP_RELOADS))
+
+    def _end_probation(self, outcome: str) -> None:
+        """Record the running probation's outcome, in memory and in reloads.jsonl."""
+        p, self.probation = self.probation, None
+        if p is None:
+            return
+        p.record["probation"] = outcome
         with contextlib.suppress(OSError):
-            for ln in (Path(self.cfg.run_dir) / "reloads.jsonl").read_bytes().splitlines()[-50:]:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    self.history.append(orjson.loads(ln))
+            self._append_history({"id": p.record.get("id"), "update": {"probation": outcome}})
 
     # -- probation and crash restarts --------------------------------------------------------
 
@@ -205,13 +213,11 @@ class Lanes:
         errors = int(rec["eval_errors"])
         if alive and errors <= self.cfg.probation_max_errors:
             if evaluated_since >= p.ticks_left:
-                p.record["probation"] = "passed"
-                self.probation = None
+                self._end_probation("passed")
             return
-        self.probation = None
         why = (f"{errors} evaluation errors in its first {evaluated_since} ticks" if alive
                else "the new worker died during probation")
-        p.record["probation"] = f"failed: {why}"
+        self._end_probation(f"failed: {why}")
         if p.previous is None or self.reload is not None:
             return
         # from now on the previous version is the one to restart if the revert fails too

@@ -9,6 +9,7 @@ import sys
 
 import orjson
 
+from supervisor import reloadlog
 from tests.supervisor.botctl import Bot, strategy_source
 from tests.waiting import wait_for
 
@@ -127,6 +128,8 @@ def test_every_command_by_file_and_cli_and_bad_input(bot: Bot) -> None:
     assert revert["result"] == "reverted" and revert["from_epoch"] == rec["to_epoch"], revert
     flaky = next(r for r in bot.status()["reloads"] if r["id"] == rec["id"])
     assert flaky["probation"].startswith("failed"), flaky
+    on_disk = next(r for r in reloadlog.read_tail(bot.run_dir, 50) if r["id"] == rec["id"])
+    assert on_disk["probation"] == flaky["probation"]          # reloads.jsonl says so too
     assert revert["sha256"] != rec["sha256"] and revert["to_epoch"] > before
 
     # stop by CLI: acknowledged, then a clean exit
