@@ -37,11 +37,10 @@ from api_worker.errors import MAX_BODY, REQUESTS, ApiError, json_errors, json_re
 from api_worker.positions import JournalUnavailable, read_positions
 from api_worker.reader import JsonFile, ReloadLog, Snapshot
 from state.segment import pid_alive
-from supervisor.control_file import COMMANDS
+from supervisor.control_file import COMMANDS, ID_RE
 
 BODY_LIMIT = 64 * 1024
 COMMAND_ROUTES = ("reload", "pause", "resume", "stop", "kill")
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _REMEMBER_SENT = 1000
 
 
@@ -175,7 +174,7 @@ class Api:
 
     async def get_reload(self, request: web.Request) -> web.Response:
         rid = request.match_info["id"]
-        if not _ID_RE.fullmatch(rid):
+        if not ID_RE.fullmatch(rid):
             raise ApiError(404, "no such reload or command id")
         doc = self._doc()
         ack = commands.find_ack(doc, rid)
@@ -234,8 +233,9 @@ class Api:
             name, args = commands.params_command(body)
         else:
             args = commands.command_args(name, body)
+        key = commands.idempotency_key(request.headers.get("Idempotency-Key"))
         self._bot_alive()
-        cid = await commands.send(self.run_dir / "control.json", name, args)
+        cid = await commands.send(self.run_dir / "control.json", name, args, key)
         self._sent[cid] = name
         while len(self._sent) > _REMEMBER_SENT:
             self._sent.popitem(last=False)

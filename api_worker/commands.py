@@ -11,6 +11,7 @@ the asynchronous twin of ``control_file.wait_for_ack``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from api_worker.reader import JsonFile, matches
 from core.errors import InputError, OperatorError
 from supervisor.control_file import (
     COMMANDS,
+    ID_RE,
     CommandSpec,
     append_command,
     json_type,
@@ -84,15 +86,34 @@ def ack_timeout(name: str, args: dict[str, Any]) -> float:
     return KILL_TIMEOUT_S if name == "kill" else ACK_TIMEOUT_S
 
 
-async def send(control_json: Path, name: str, args: dict[str, Any]) -> str:
-    """Append the command to control.json (flock, tmp + rename) in a thread; its id."""
+async def send(control_json: Path, name: str, args: dict[str, Any],
+               key: str | None = None) -> str:
+    """Append the command to control.json (flock, tmp + rename) in a thread; its id.
+
+    ``key`` (the request's Idempotency-Key) becomes the command id: a client that retries a
+    request it got no answer to gets the first command's acknowledgement, and the command
+    runs once. The same key for a different command is a 422."""
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(None, append_command, control_json, name, args)
+        return await loop.run_in_executor(None, functools.partial(
+            append_command, control_json, name, args, id=key, idempotent=key is not None))
     except InputError as e:
+        if key is not None and "already used" in str(e):
+            raise ApiError(422, f"Idempotency-Key {key!r} was already used for a different "
+                           "command", field="Idempotency-Key") from None
         raise ApiError(400, str(e), field="args") from None
     except OperatorError as e:
         raise ApiError(503, str(e)) from None
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header, checked against the command-id grammar (400 otherwise)."""
+    if value is None:
+        return None
+    if not ID_RE.fullmatch(value):       # control.json's id grammar
+        raise ApiError(400, "Idempotency-Key must be 1-128 characters of A-Z a-z 0-9 . _ : - "
+                       "starting with a letter or digit", field="Idempotency-Key")
+    return value
 
 
 def find_ack(doc: dict[str, Any] | None, cid: str) -> dict[str, Any] | None:

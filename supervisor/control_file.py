@@ -65,7 +65,7 @@ INTERRUPTED = "interrupted by a supervisor restart"
 LEDGER_VERSION = 1
 LEDGER_NAME = "commands.json"        # beside control.json, written by the supervisor only
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _SHA_PREFIX_RE = re.compile(r"[0-9a-f]{6,64}")
 # File timestamps come from a coarse clock (a jiffy or so): a rewrite soon after our read can keep
 # size, mtime and a recycled inode. Only a version older than this is trusted by its stat alone.
@@ -183,7 +183,7 @@ def type_ok(v: object, types: tuple[type, ...]) -> bool:
 
 def _usable_id(raw: object) -> str | None:
     cid = raw.get("id") if isinstance(raw, dict) else None
-    return cid if isinstance(cid, str) and _ID_RE.fullmatch(cid) else None
+    return cid if isinstance(cid, str) and ID_RE.fullmatch(cid) else None
 
 
 def _digest(obj: object) -> str | None:
@@ -222,7 +222,7 @@ def parse_command(raw: object) -> Command:
     cid = raw["id"]
     if not isinstance(cid, str):
         raise InputError(f"id must be a string, not {json_type(cid)}")
-    if not _ID_RE.fullmatch(cid):
+    if not ID_RE.fullmatch(cid):
         raise InputError(f"id {_short(cid)} must be 1..128 of A-Z a-z 0-9 . _ : - "
                          "(starting with a letter or digit)")
     name = raw.get("cmd")
@@ -619,7 +619,7 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | None = None,
-                   keep: int = 50, max_bytes: int = MAX_BYTES) -> str:
+                   keep: int = 50, max_bytes: int = MAX_BYTES, idempotent: bool = False) -> str:
     """Append one command to control.json and return its id (default: a fresh uuid4 hex).
 
     Validates with :data:`COMMANDS` (InputError says why). Under an flock on
@@ -628,6 +628,11 @@ def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | 
     ones are left), and replaces the file atomically with mode 0600. A file the supervisor would
     refuse (junk, a symlink, wrong owner or mode) is replaced, its content dropped: a writer
     must not launder another user's commands into a trusted file. OSError -> OperatorError.
+
+    ``idempotent``: an ``id`` already used (in the file, or read by the supervisor) for the
+    same command and args is a retry: nothing is written and the id is returned, so the
+    caller waits for the one acknowledgement. The same id with other content is an
+    InputError. (Otherwise any id already in the file is an InputError.)
     """
     if keep < 1:
         raise ValueError("keep must be >= 1")
@@ -645,8 +650,16 @@ def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | 
             except FileNotFoundError:
                 data = None
             entries = _parse_file(data)[0] if data is not None else []
-            if any(_usable_id(e) == command.id for e in entries):
+            before = [e for e in entries if _usable_id(e) == command.id]
+            if before and not idempotent:
                 raise InputError(f"id {command.id!r} is already in {path.name}")
+            if idempotent:
+                used = _used_digest(before, path.with_name(LEDGER_NAME), command.id)
+                if used is not None:
+                    if used != command.digest():
+                        raise InputError(f"id {command.id!r} was already used for a "
+                                         "different command")
+                    return command.id               # a retry: the first one stands
             new = command.to_json()
             if len(_encode([new])) > max_bytes:
                 raise InputError(f"{cmd}: the command is {len(_encode([new]))} bytes, over "
@@ -669,6 +682,21 @@ def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | 
     except OSError as e:
         raise OperatorError(f"cannot write {path}: {e}") from e
     return command.id
+
+
+def _used_digest(entries: list[dict], ledger_path: Path, cid: str) -> str | None:
+    """The content digest of the command that already used ``cid`` (in control.json, or in
+    the supervisor's ledger once it left the file); "" when used but unknown; None if unused."""
+    for e in entries:
+        try:
+            return parse_command(e).digest() or ""
+        except InputError:
+            return ""
+    try:
+        seen = orjson.loads(ledger_path.read_bytes()).get("seen")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+    return seen.get(cid) if isinstance(seen, dict) and isinstance(seen.get(cid), str) else None
 
 
 def _seen_ids(ledger_path: Path) -> set[str]:

@@ -210,6 +210,27 @@ async def test_pause_writes_control_json_and_answers_with_the_ack(client: TestCl
     assert (await r.json()) == {"ack": run.status["commands"][-1]}
 
 
+async def test_an_idempotency_key_makes_a_retry_wait_for_the_first_command(
+        client: TestClient, run: FakeRun) -> None:
+    """A client that lost the answer re-sends with the same key: one command, one ack for
+    both; the key on another command is a 422; a malformed key a 400."""
+    key = {**AUTH, "Idempotency-Key": "deploy-42"}
+    first = asyncio.create_task(client.post("/api/pause", headers=key))
+    cmds = await until(run.control_commands)
+    retry = asyncio.create_task(client.post("/api/pause", headers=key))
+    await asyncio.sleep(0.05)
+    assert [c["id"] for c in run.control_commands()] == ["deploy-42"]   # written once
+    run.ack("deploy-42", "pause")
+    a, b = await first, await retry
+    assert a.status == b.status == 200 and (await a.json()) == (await b.json())
+    assert [c["id"] for c in cmds] == ["deploy-42"]
+    r = await client.post("/api/resume", headers=key)
+    assert r.status == 422 and (await r.json())["field"] == "Idempotency-Key"
+    r = await client.post("/api/pause", headers={**AUTH, "Idempotency-Key": "../x"})
+    assert r.status == 400 and (await r.json())["field"] == "Idempotency-Key"
+    assert len(run.control_commands()) == 1
+
+
 async def test_reload_ok_rolled_back_and_refused(client: TestClient, run: FakeRun) -> None:
     async def bot(result: str, rec_result: str | None) -> None:
         cmd = (await until(lambda: [c for c in run.control_commands()

@@ -515,6 +515,26 @@ def test_append_command_keeps_the_last_n_it_has_read(run: Run) -> None:
     assert [c["id"] for c in doc["commands"]] == ids[-3:]
 
 
+def test_append_command_idempotent_is_a_retry_or_a_conflict(run: Run) -> None:
+    assert append_command(run.control, "pause", id="k1", idempotent=True) == "k1"
+    assert append_command(run.control, "pause", id="k1", idempotent=True) == "k1"
+    assert [c["id"] for c in orjson.loads(run.control.read_bytes())["commands"]] == ["k1"]
+    with pytest.raises(InputError, match="already used for a different command"):
+        append_command(run.control, "resume", id="k1", idempotent=True)
+    with pytest.raises(InputError, match="already in"):
+        append_command(run.control, "pause", id="k1")            # without: a duplicate
+    # read by the supervisor, then trimmed out of the file: the ledger still knows it
+    run.reader.poll()
+    for _ in range(3):
+        append_command(run.control, "resume", keep=2)
+        run.reader.poll()
+    assert "k1" not in run.control.read_text()
+    assert append_command(run.control, "pause", id="k1", idempotent=True) == "k1"
+    assert "k1" not in run.control.read_text()                  # not written again
+    with pytest.raises(InputError, match="different command"):
+        append_command(run.control, "stop", id="k1", idempotent=True)
+
+
 def test_append_command_never_drops_an_unread_command(run: Run) -> None:
     """A full file of commands the supervisor has not read (it is down, say) is refused, not
     trimmed: the oldest of them could be a stop or a kill."""
