@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ring bench-feed bench-reload bench-wakeup sim inspect clean soak test-dashboard chaos
+.PHONY: run test lint bench bench-ring bench-feed bench-reload bench-wakeup sim inspect clean soak test-dashboard chaos chaos-soak
 
 # (Re)create the venv when it is missing or older than pyproject.toml.
 $(STAMP): pyproject.toml
@@ -57,10 +57,15 @@ bench-wakeup: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run_all $(ARGS)
 
-# kill -9 and reload storms against a real bot (chaos/): a table, bench/results/chaos.json,
-# non-zero on any loss. ARGS="--only strategy-kill --runs 3" for a short one.
+# kill -9, sim faults, broken strategies and hostile input against a real bot (chaos/,
+# docs/chaos.md): a table, bench/results/chaos.json, non-zero on any loss or failed check.
+# ARGS="--only strategy-kill --runs 3" for a short one.
 chaos: $(STAMP)
 	$(PY) -m chaos $(ARGS)
+
+# ten minutes of trading at 60x with a reload every 30 s; RSS, fds and /dev/shm growth
+chaos-soak: $(STAMP)
+	$(PY) -m chaos --only soak --speed 60 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

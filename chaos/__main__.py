@@ -1,4 +1,5 @@
-"""`python -m chaos [--only NAME] [--runs N] [--speed S] [--seed N] [--keep]` (`make chaos`).
+"""`python -m chaos [--only NAME] [--runs N] [--speed S] [--seed N] [--soak-s S] [--keep]`
+(`make chaos`: every scenario but soak; `make chaos-soak`: the soak).
 
 Runs the scenarios (chaos/scenarios.py), prints scenario / runs / survived / lost /
 duplicates (and missed ticks), writes the same data to bench/results/chaos.json and exits
@@ -33,13 +34,14 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m chaos", description="kill -9 and reload "
-                                 "storms against a real bot on the sim (first version)")
+    ap = argparse.ArgumentParser(prog="python -m chaos", description="kill -9, faults, "
+                                 "broken code and hostile input against a real bot on the sim")
     ap.add_argument("--only", choices=sorted(SCENARIOS), action="append",
                     help="run only this scenario (repeatable; default: all but soak)")
     ap.add_argument("--runs", type=int, default=None,
-                    help="faults per scenario (default: 10 strategy kills, 3 feed and 3 "
-                         "position kills, 20 reloads)")
+                    help="faults per scenario (default: each its own: 30 strategy kills, "
+                         "10 feed kills, 5+5+5 position kills, 3 supervisor kills, 50 "
+                         "reloads in the storm, 5 while reconnecting)")
     ap.add_argument("--speed", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=None, help="default: from the clock")
     ap.add_argument("--soak-s", type=float, default=600.0,
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(speed=a.speed, seed=seed, runs=a.runs, soak_s=a.soak_s,
                    reload_every_s=a.reload_every_s)
     rng = random.Random(seed)
-    print(f"chaos (first version): seed {seed}, speed {a.speed}", flush=True)
+    print(f"chaos: seed {seed}, speed {a.speed}", flush=True)
     rows = []
     for name in a.only or list(DEFAULT):
         print(f"-- {name} ...", flush=True)

@@ -1,11 +1,18 @@
-"""The chaos scenarios (first version), each on a fresh real bot (`noblink run` on the sim).
+"""The chaos scenarios, each on a fresh real bot (`noblink run` on the sim); docs/chaos.md.
 
-- strategy-kill: kill -9 the active strategy worker N times (default 10) at random moments,
+- strategy-kill: kill -9 the active strategy worker N times (default 30) at random moments,
   about half of them while a reload is in flight (in its SPAWN or DRAIN phase);
-- feed-kill, position-kill: kill -9 the feed / position worker N times (default 3);
-- position-kill-inflight: the same, each kill while an order is in flight (sent to the sim,
-  its reply held back by the sim's ``order_delay_s`` fault);
-- reload-storm: a reload every tick for N ticks (default 20), alternating two files.
+- feed-kill, position-kill: kill -9 the feed / position worker N times (default 10 / 5);
+- position-kill-inflight: the position worker, each kill while an order is in flight (sent
+  to the sim, its reply held back by the sim's ``order_delay_s`` fault; default 5);
+- position-kill-journaled (journaled.py): killed between journaling and sending (default 5);
+- reload-storm: a reload every tick for N ticks (default 50), alternating two files;
+- supervisor-kill (restarts.py), sim-faults, sim-restart, reload-reconnect (simfaults.py),
+  broken-strategies (broken.py), hostile-input (hostile.py); soak (soak.py) only on request.
+
+After each scenario, with the bot still up, ``final_checks`` compares the candle windows and
+the ledger with the sim (exchange.py) and resources with the start; after the clean stop,
+``checks.check_after_stop`` looks for orphans, segments, tick gaps and duplicates.
 
 A row counts the faults (``runs``) and those after which every live check passed
 (``survived``); the findings of the live checks and of the after-stop checks are kept whole.
@@ -20,6 +27,7 @@ reported in the notes. Every other delay is the random 0.2-2 s between faults.
 from __future__ import annotations
 
 import collections
+import os
 import random
 import shutil
 import tempfile
@@ -31,6 +39,8 @@ import orjson
 from chaos import checks, exchange
 from chaos.broken import broken_strategies
 from chaos.hostile import hostile_input
+from chaos.journaled import ENV as JOURNALED_ENV
+from chaos.journaled import gated_source, position_kill_journaled
 from chaos.restarts import check_history, supervisor_kill
 from chaos.row import (
     ACK_DEADLINE_S,
@@ -41,7 +51,7 @@ from chaos.row import (
     Options,
     Row,
 )
-from chaos.simfaults import sim_faults, sim_restart_scenario
+from chaos.simfaults import reload_reconnect, sim_faults, sim_restart_scenario
 from chaos.soak import soak
 from sim import testing as sim_testing
 from supervisor.control_file import append_command, wait_for_ack
@@ -75,7 +85,7 @@ def _crash_records(bot: Bot) -> int:
 
 def strategy_kill(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
                   rng: random.Random) -> None:
-    n = opts.runs or 10
+    n = opts.runs or 30
     files = [bot.tmp / "a.py", bot.tmp / "b.py"]
     files[0].write_text(_flagged("chaos-a", bot.tmp))
     files[1].write_text(_flagged("chaos-b", bot.tmp))
@@ -134,11 +144,11 @@ def _kill_during_reload(bot: Bot, path: Path, phase: str, rng: random.Random,
             pid if killed else 0)
 
 
-def _kill_worker(name: str) -> Body:
+def _kill_worker(name: str, default: int) -> Body:
     def body(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
              rng: random.Random) -> None:
         kills: collections.deque[float] = collections.deque()
-        for i in range(opts.runs or 3):
+        for i in range(opts.runs or default):
             time.sleep(rng.uniform(0.2, 2.0))
             while kills and time.monotonic() - kills[0] > RESTART_PERIOD_S:
                 kills.popleft()
@@ -167,7 +177,7 @@ def position_kill_inflight(bot: Bot, row: Row, admin: str, pids: set[int], opts:
     (fault ``order_delay_s``), the kill lands once a new POST /order reached the sim and
     before its reply. The restarted worker must find the order, not send it again."""
     kills: collections.deque[float] = collections.deque()
-    for i in range(opts.runs or 3):
+    for i in range(opts.runs or 5):
         time.sleep(rng.uniform(0.2, 2.0))
         while kills and time.monotonic() - kills[0] > RESTART_PERIOD_S:
             kills.popleft()
@@ -209,7 +219,7 @@ def reload_storm(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
     files[1].write_text(strategy_source("storm-b"))
     cids = []
     tick = bot.status().get("tick", 0)
-    for i in range(opts.runs or 20):
+    for i in range(opts.runs or 50):
         s = checks.poll(lambda t=tick: bot.status().get("tick", 0) > t and bot.status(), 30.0,
                         interval=0.005)
         if s is None:
@@ -249,19 +259,23 @@ def reload_storm(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
 
 SCENARIOS: dict[str, Body] = {
     "strategy-kill": strategy_kill,
-    "feed-kill": _kill_worker("feed"),
-    "position-kill": _kill_worker("position"),
+    "feed-kill": _kill_worker("feed", 10),
+    "position-kill": _kill_worker("position", 5),
     "position-kill-inflight": position_kill_inflight,
     "reload-storm": reload_storm,
     "supervisor-kill": supervisor_kill,
     "sim-faults": sim_faults,
     "sim-restart": sim_restart_scenario,
+    "reload-reconnect": reload_reconnect,
+    "position-kill-journaled": position_kill_journaled,
     "broken-strategies": broken_strategies,
     "hostile-input": hostile_input,
     "soak": soak,
 }
 DEFAULT = tuple(n for n in SCENARIOS if n != "soak")    # `make chaos`; soak: `make chaos-soak`
 NEEDS_API = frozenset({"hostile-input"})
+ENVIRONMENT = {"position-kill-journaled": JOURNALED_ENV}       # for the whole bot
+SOURCES = {"position-kill-journaled": gated_source}         # the first strategy, else _flagged
 
 
 def final_checks(bot: Bot, row: Row, admin: str, before: dict) -> None:
@@ -299,8 +313,14 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False,
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f"noblink-chaos-{name}-"))
     api = ("--api", "127.0.0.1:0") if opts.api or name in NEEDS_API else ("--no-api",)
-    bot = Bot(tmp, speed=opts.speed, strategy=_flagged("chaos-a", tmp),
-              args=(*api, "--seed", str(opts.seed)))
+    saved = dict(os.environ)
+    os.environ.update(ENVIRONMENT.get(name, {}))
+    try:
+        bot = Bot(tmp, speed=opts.speed, strategy=SOURCES.get(name, _flagged)("chaos-a", tmp),
+                  args=(*api, "--seed", str(opts.seed)))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     pids: set[int] = set()
     try:
         try:

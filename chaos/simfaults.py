@@ -16,9 +16,10 @@ from chaos import checks
 from chaos.checks import Findings
 from chaos.row import Options, Row
 from sim import testing as sim_testing
-from tests.supervisor.botctl import Bot
+from tests.supervisor.botctl import Bot, strategy_source
 
 FAULT_DEADLINE_S = 60.0
+REFUSE_S = 3.0                 # reload-reconnect: wall seconds the sim refuses new WebSockets
 
 
 def _feed(bot: Bot) -> dict:
@@ -153,3 +154,34 @@ def sim_restart(bot: Bot, row: Row, admin: str, pids: set[int]) -> str:
     row.after_fault(bot, admin, f"kill -9 sim (pid {old})", pids, killed=old,
                     extra=lambda: f)
     return admin
+
+
+def reload_reconnect(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
+                     rng: random.Random) -> None:
+    """Reloads while the feed is reconnecting: drop every WebSocket and refuse new ones for
+    a few seconds, reload once the feed says it is disconnected; the reload must complete
+    tick-exact like any other, and the feed must come back."""
+    files = [bot.tmp / "rr-a.py", bot.tmp / "rr-b.py"]
+    files[0].write_text(strategy_source("rr-a"))
+    files[1].write_text(strategy_source("rr-b"))
+    for i in range(opts.runs or 5):
+        pids.update(checks.worker_pids(bot))
+        f = Findings()
+        sim_testing.set_fault(admin, ws_refuse_s=REFUSE_S, ws_drop=True)
+        try:
+            if checks.poll(lambda: not _feed(bot).get("connected"), FAULT_DEADLINE_S,
+                           interval=0.01) is None:
+                f.problems.append(f"reload {i + 1}: the feed never showed disconnected")
+            ack = bot.command("reload", {"strategy": str(files[i % 2])}, FAULT_DEADLINE_S * 2)
+            down = not _feed(bot).get("connected")
+        finally:
+            sim_testing.clear_faults(admin)
+        rec = next((r for r in reversed(checks.reload_records(bot))
+                    if r.get("command_id") == ack.get("id")), None)
+        f.merge(checks.check_reloads([rec] if rec else []))
+        if ack.get("result") != "ok" or rec is None:
+            f.problems.append(f"reload {i + 1}: {ack.get('result')} ({ack.get('error')})")
+        f.merge(_recovered(bot, f"reload {i + 1}"))
+        row.after_fault(bot, admin, f"reload {i + 1} while reconnecting -> "
+                        f"{ack.get('result')} (feed {'still down' if down else 'back'} at "
+                        f"the ack)", pids, extra=lambda f=f: f)
