@@ -449,3 +449,18 @@ def test_rtds_drop_malformed_and_stall_are_survived(feed: Feed):
     m = feed.stats()["rtds_updates"]
     wait_for(lambda: feed.stats()["rtds_connected"] == 1
              and feed.stats()["rtds_updates"] > m + 50, "streaming again", feed=feed)
+
+
+def test_a_stalled_reference_marks_only_its_slots_stale(feed: Feed):
+    feed.start("--stall-floor-s", "30")      # keep the connection: watch the staleness only
+
+    def status_of(asset: str) -> set[RefStatus]:
+        m = feed.markets()
+        return {RefStatus(int(m[s.index]["ref_status"])) for s in SLOTS if s.asset == asset}
+    wait_for(lambda: feed.paths.seg("markets").exists()
+             and status_of("btc") == {RefStatus.OK}, "btc reference OK", feed=feed)
+    set_fault(feed.sim.admin, rtds_stall="btc/usd")
+    wait_for(lambda: status_of("btc") == {RefStatus.STALE}, "btc slots STALE", feed=feed)
+    assert status_of("eth") == {RefStatus.OK}
+    clear_faults(feed.sim.admin)
+    wait_for(lambda: status_of("btc") == {RefStatus.OK}, "btc fresh again", feed=feed)
