@@ -487,10 +487,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                             "queue": QueueTransport, "pipe": PipeTransport}
     # Latency: the transports take turns, run after run, so that a noisy moment on the
     # machine does not fall on one of them only; each percentile is the median of the runs.
+    # Each round starts with the next transport, so none always runs first or last.
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in makers}
-    for _ in range(args.repeat):
-        for key, make in makers.items():
-            runs[key].append(_with(make, lambda tr: measure_latency(tr, *lat)))
+    keys = list(makers)
+    for i in range(args.repeat):
+        for key in keys[i % 3:] + keys[:i % 3]:
+            runs[key].append(_with(makers[key], lambda tr: measure_latency(tr, *lat)))
     for key in makers:
         results[key] = _median_of(runs[key])
     shm = results["shm"]
@@ -576,10 +578,11 @@ def table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.ring", description=__doc__.split("\n")[0])
-    ap.add_argument("--count", type=int, default=20_000, help="paced records per transport")
+    ap.add_argument("--count", type=int, default=10_000,
+                    help="paced records per transport and run")
     ap.add_argument("--rate", type=float, default=10_000.0, help="paced records per second")
     ap.add_argument("--warmup", type=int, default=1_000, help="paced records left out")
-    ap.add_argument("--repeat", type=int, default=3,
+    ap.add_argument("--repeat", type=int, default=5,
                     help="latency runs per transport (median of each percentile)")
     ap.add_argument("--writer-count", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=256, help="publish_many batch size")

@@ -38,15 +38,17 @@ check every slot, keep the intact newest ones and count the overwritten ones as 
 Readers keep their cursor in their own process. They also publish it in their reader slot,
 so the memory inspector can show each reader's lag; nothing reads it for correctness.
 
-Wake-up: a reader that has nothing to read spins briefly, then raises its ``waiting`` flag
-and blocks on its own named FIFO (a "bell" next to the segment). After publishing, the
-producer checks the 16 flag bytes and writes one byte to the bells of waiting readers only,
-so a producer with no sleepers pays one 16-byte compare per record. "Store my flag (head),
-then load the other side's head (flag)" is Dekker's pattern, which TSO does *not* order by
-itself (a store may wait in the store buffer past a later load), so both sides put a full
-barrier between the two (see ``_fence``); without it both could miss each other and the
-reader would sleep through a publish. A wake-up without new data (a late byte from an
-earlier ring) is not a timeout: the reader goes back to sleep for the rest of its timeout.
+Wake-up: a reader that has nothing to read spins briefly (only while records have been
+coming within the spin budget: an adaptive spin, see ``RingReader.__init__``), then raises its
+``waiting`` flag and blocks on its own named FIFO (a "bell" next to the segment). After
+publishing, the producer checks the 16 flag bytes (two u64 words) and writes one byte to the
+bells of waiting readers only, so a producer with no sleepers pays two word loads per record.
+"Store my flag (head), then load the other side's head (flag)" is Dekker's pattern, which TSO
+does *not* order by itself (a store may wait in the store buffer past a later load), so both
+sides put a full barrier between the two (see ``_fence``); without it both could miss each
+other and the reader would sleep through a publish. A wake-up without new data (a late byte
+from an earlier ring) is not a timeout: the reader goes back to sleep for the rest of its
+timeout.
 """
 
 from __future__ import annotations

@@ -8,7 +8,14 @@ A producer that sees a raised flag writes one byte to that reader's FIFO.
 
 Why a FIFO: it has a path, so unrelated processes (spawned workers, a restarted feed) can find
 it without inheriting descriptors, and its fd plugs into ``loop.add_reader`` directly. An
-eventfd would need fd passing; a futex is not reachable from Python.
+eventfd cannot be found that way: opening ``/proc/<pid>/fd/<n>`` of an eventfd fails with
+ENXIO (tried on this kernel, 6.18); only fd passing or ``pidfd_getfd`` (which needs ptrace
+rights over the reader) would reach it. A futex is not reachable from Python.
+
+The wake-up path, ring to record, is kept short: the producer finds raised flags with one
+``bytes.find`` and writes one byte to a cached fd (:class:`Ringer`); the reader's FIFO stays
+registered with its event loop, and the loop's callback only resolves the waiting future
+(:class:`Bell`), leaving the byte to be drained later, off that path.
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ class Bell:
     once per wait): adding and removing a reader costs uvloop several syscalls (epoll_ctl,
     and more to set up a poll handle), and the removal sat on the wake-up path, between the
     ring and the record. One wait at a time per bell (one reader, one task).
+
+    No lost wake-up: the reader's last look for data and the creation of the waiting future
+    happen in one step of its task, so the loop cannot run the callback in between. A byte
+    written after that look is in the FIFO when the loop next polls, and the callback, which
+    is level-triggered, finds the future there.
     """
 
     _fd: int = -1
