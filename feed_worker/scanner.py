@@ -68,6 +68,8 @@ class MarketInfo:
     end_ts: int
     accepting: bool
     closed: bool
+    tick_size: float = math.nan      # the market's own tick (Gamma orderPriceMinTickSize)
+    min_size: float = math.nan       # its minimum order size, shares (Gamma orderMinSize)
     fetched_clock: float = 0.0
     fetched_mono_ns: int = 0
 
@@ -87,7 +89,8 @@ def parse_gamma_market(body: bytes, slug: str, default_end: int) -> MarketInfo:
     up, down = m.up_down_tokens()
     return MarketInfo(slug=m.slug, condition_id=m.condition_id, up_token=up, down_token=down,
                       end_ts=m.end_ts if m.end_ts is not None else default_end,
-                      accepting=m.accepting, closed=m.closed)
+                      accepting=m.accepting, closed=m.closed,
+                      tick_size=m.tick_size or math.nan, min_size=m.min_size or math.nan)
 
 
 def _best(levels: object, pick: Callable[..., float]) -> tuple[float, float]:
@@ -360,6 +363,7 @@ class Scanner:
             row["down_token"] = info.down_token.encode()[:80]
             row["end_ts"] = info.end_ts
             row["accepting"] = int(info.accepting and not info.closed)
+            row["tick_size"], row["min_size"] = info.tick_size, info.min_size
         if st is SlotStatus.OK and info is not None:
             up = quotes.get(info.up_token, SlotStatus.ERROR)
             down = quotes.get(info.down_token, SlotStatus.ERROR)

@@ -116,7 +116,7 @@ def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, pau
         return Verdict(RejectReason.PRICE_ABOVE_MAX, f"ask {ask} > max {it.max_price}")
     # The order may fill anywhere up to max_price, so the worst case buys the fewest shares.
     worst_shares = cfg.stake / it.max_price
-    if worst_shares < cfg.min_order_size:
-        return Verdict(RejectReason.MIN_SIZE,
-                       f"{worst_shares:.2f} shares < minimum {cfg.min_order_size}")
+    min_size = q.min_size if q.min_size > 0 else cfg.min_order_size   # the market's own first
+    if worst_shares < min_size:
+        return Verdict(RejectReason.MIN_SIZE, f"{worst_shares:.2f} shares < minimum {min_size}")
     return OK

@@ -238,6 +238,7 @@ def test_scanner_fills_all_16_slots_and_rolls_over(feed: Feed, control: ControlB
         assert 0 < r["up_bid"] < r["up_ask"] < 1 and 0 < r["down_bid"] < r["down_ask"] < 1
         assert r["up_bid_size"] > 0 and r["down_ask_size"] > 0
         assert int(r["end_ts"]) == w + s.window_s
+        assert r["tick_size"] == 0.01 and r["min_size"] == 5.0     # the market's own (Gamma)
     first = {s.index: int(r["window_start"]) for s, r in zip(SLOTS, m, strict=True)}
     t1 = control.tick()[0]
 

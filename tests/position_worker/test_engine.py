@@ -867,3 +867,14 @@ def test_a_stale_or_missing_reference_blocks_that_slot_only(rig: Rig) -> None:
         (int(RejectReason.STALE_REFERENCE),))]
     assert "11.0 clock s old" in details[0] and "no reference" in details[1]
     assert "no price to beat" in details[2]
+
+
+def test_the_markets_own_minimum_size_is_used(rig: Rig) -> None:
+    """$5 at a max price of 0.5 buys at least 10 shares: enough for a 5-share market, not
+    for a market whose own minimum (Gamma orderMinSize) is 15."""
+    rig.markets.set(0, T0, up_ask=0.45, min_size=15.0)
+    rig.markets.set(1, T0, up_ask=0.45, min_size=5.0)
+    it0, it1 = intent(slot=0, max_price=0.5), intent(slot=1, max_price=0.5)
+    assert rig.engine.decide(it0) is None
+    assert rig.engine.decide(it1.__class__(**{**it1.__dict__, "seq": 1})) is not None
+    assert rejected(rig) == {"MIN_SIZE": 1}
