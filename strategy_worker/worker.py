@@ -441,18 +441,24 @@ class StrategyWorker:
         t0 = time.perf_counter_ns()
         codes, decided = self.evaluate_tick(self.instance, rec)
         self._observe_eval(time.perf_counter_ns() - t0)
-        sent = 0
+        batch: list[dict] = []
         for view, decision in decided if trade else ():
             key = (view.slot, view.window_start)
             if key in self.sent:
                 continue
             outcome = Outcome.UP if decision.outcome == "Up" else Outcome.DOWN
-            self.intents.submit(view.slot, view.window_start, view.slug, int(outcome),
-                                self.stake, decision.max_price, decision.reason)
-            self.sent.add(key)
-            sent += 1
-            log.info("intent %s %s max %.2f (%s)", view.slug, decision.outcome,
-                     decision.max_price, decision.reason)
+            batch.append({"slot": view.slot, "window_start": view.window_start,
+                          "slug": view.slug, "outcome": int(outcome), "stake": self.stake,
+                          "max_price": decision.max_price, "reason": decision.reason})
+        if batch:
+            # the whole tick at once, before any logging: the position worker wakes once
+            # and journals the batch in one commit
+            self.intents.submit_many(batch)
+            for it in batch:
+                self.sent.add((it["slot"], it["window_start"]))
+                log.info("intent %s %s max %.2f (%s)", it["slug"], Outcome(it["outcome"]).name,
+                         it["max_price"], it["reason"])
+        sent = len(batch)
         self.last_tick = tick
         self.evaluated += 1
         self.commit()

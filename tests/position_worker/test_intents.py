@@ -36,6 +36,26 @@ def test_strategy_writes_position_worker_reads(run_paths: RunPaths) -> None:
         src.close(unlink=True)
 
 
+def test_a_tick_of_intents_is_one_batch(run_paths: RunPaths) -> None:
+    """submit_many: consecutive seqs and intent ids, one creation time, all visible to one
+    poll (the position worker journals them in one commit)."""
+    src = IntentSource(run_paths)
+    w = IntentWriter(run_paths, 0, epoch=3)
+    try:
+        submit(w)
+        batch = [{"slot": s, "window_start": 900, "slug": f"btc-updown-15m-{900 + s}",
+                  "outcome": Outcome.UP, "stake": 5.0, "max_price": 0.6, "reason": f"r{s}"}
+                 for s in range(3)]
+        assert w.submit_many(batch) == 4 and w.submit_many([]) == 4
+        got = src.poll()
+        assert [(i.seq, i.intent_id, i.slot, i.reason) for i in got] == [
+            (0, 0, 0, "edge"), (1, 1, 0, "r0"), (2, 2, 1, "r1"), (3, 3, 2, "r2")]
+        assert len({i.created_ns for i in got[1:]}) == 1 and got[1].epoch == 3
+    finally:
+        w.close()
+        src.close(unlink=True)
+
+
 def test_attached_producer_cannot_unlink(run_paths: RunPaths) -> None:
     src = IntentSource(run_paths)
     w = RingWriter.attach_producer(run_paths.intents(0), INTENT_DT)
