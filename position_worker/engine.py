@@ -61,7 +61,7 @@ from position_worker.keys import client_key, idem_key, order_metadata
 from position_worker.markets import MarketQuote, MarketsView
 from position_worker.positions import PositionStore
 from position_worker.reconcile import Reconciler
-from position_worker.risk import Book, RiskConfig, Verdict, check
+from position_worker.risk import Book, RiskConfig, Verdict, check, limit_price
 from position_worker.settle import Settler
 from position_worker.stats import Stats, StatsKeeper
 from state.control import ControlBlock, WorkerSlot
@@ -273,7 +273,7 @@ class Engine:
                 slot=it.slot, window_start=it.window_start, end_ts=quote.end_ts,
                 slug=it.slug, condition_id=quote.condition_id, outcome=it.outcome,
                 token=quote.token(it.outcome), stake=self.cfg.risk.stake,
-                max_price=it.max_price, epoch=it.epoch)
+                max_price=limit_price(it.max_price, quote.tick_size), epoch=it.epoch)
             self.journal.insert_order(order)
         self.journal.set_lane_cursor(it.lane, self.ring_ids.get(it.lane, 0), it.seq + 1)
         return verdict, order

@@ -76,6 +76,15 @@ def reference_problem(q: MarketQuote, cfg: RiskConfig, now_s: float, speed: floa
     return ""
 
 
+def limit_price(max_price: float, tick: float) -> float:
+    """The intent's max price on the market's tick grid, rounded DOWN (0 tick: unknown, as
+    is). A BUY limit rounded to the nearest tick could pay more than the strategy allowed; the
+    client library rounds to the nearest, so the engine hands it a price already on the grid."""
+    if tick <= 0:
+        return max_price
+    return round(math.floor(max_price / tick + 1e-9) * tick, 10)
+
+
 def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, paused: bool,
           now_s: float, now_mono_ns: int, speed: float = 1.0) -> Verdict:
     """The first failed limit, in a fixed order (cheapest and most fundamental first)."""
@@ -112,10 +121,16 @@ def check(it: Intent, q: MarketQuote | None, book: Book, cfg: RiskConfig, *, pau
     ask, _size = q.ask(it.outcome)
     if not (math.isfinite(ask) and 0.0 < ask < 1.0):
         return Verdict(RejectReason.NO_BOOK, f"no ask ({ask})")
-    if ask > it.max_price + 1e-9:
-        return Verdict(RejectReason.PRICE_ABOVE_MAX, f"ask {ask} > max {it.max_price}")
-    # The order may fill anywhere up to max_price, so the worst case buys the fewest shares.
-    worst_shares = cfg.stake / it.max_price
+    limit = limit_price(it.max_price, q.tick_size)
+    if limit <= 0:
+        return Verdict(RejectReason.BAD_INTENT,
+                       f"max price {it.max_price} is below the market's tick {q.tick_size}")
+    if ask > limit + 1e-9:
+        return Verdict(RejectReason.PRICE_ABOVE_MAX, f"ask {ask} > max {it.max_price}"
+                       + (f" (on the {q.tick_size} tick: {limit})" if limit != it.max_price
+                          else ""))
+    # The order may fill anywhere up to its limit, so the worst case buys the fewest shares.
+    worst_shares = cfg.stake / limit
     min_size = q.min_size if q.min_size > 0 else cfg.min_order_size   # the market's own first
     if worst_shares < min_size:
         return Verdict(RejectReason.MIN_SIZE, f"{worst_shares:.2f} shares < minimum {min_size}")

@@ -45,7 +45,7 @@ class MarketTable:
             size: float = 500.0, accepting: bool = True, status: int = SlotStatus.OK,
             updated_ns: int | None = None, slug: str | None = None,
             ref_ms: int | None = None, price_to_beat: float = 100.0,
-            min_size: float = 5.0) -> None:
+            min_size: float = 5.0, tick_size: float = 0.01) -> None:
         """A scanned row; the reference is fresh (observed now) unless ``ref_ms`` says
         otherwise (0: none), with the window's price to beat (NaN: unknown)."""
         s = SLOTS[slot]
@@ -67,7 +67,7 @@ class MarketTable:
         r["ref_ms"] = self.now_ms() if ref_ms is None else ref_ms
         r["ref_price"] = 100.0 if r["ref_ms"] > 0 else float("nan")
         r["price_to_beat"] = price_to_beat
-        r["tick_size"], r["min_size"] = 0.01, min_size
+        r["tick_size"], r["min_size"] = tick_size, min_size
         self.w.write(slot, r)
 
     def close(self) -> None:

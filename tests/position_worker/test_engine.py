@@ -268,6 +268,27 @@ async def test_market_and_price_checks(rig: Rig) -> None:
     assert len(rows) == len(cases) and all(r[1] for r in rows)
 
 
+async def test_the_limit_is_the_max_price_rounded_down_to_the_market_tick(rig: Rig) -> None:
+    """A BUY limit off the market's tick grid is rounded down, never up (the client library
+    rounds to the nearest), and the ask is compared with that limit."""
+    rig.markets.set(0, T0, up_ask=0.56)
+    o = rig.engine.decide(intent(slot=0, max_price=0.567))
+    assert o is not None and o.max_price == 0.56
+    rig.markets.set(1, T0, up_ask=0.567, tick_size=0.001)
+    o = rig.engine.decide(intent(slot=1, seq=1, max_price=0.5679))
+    assert o is not None and o.max_price == 0.567
+    rig.markets.set(2, T0, up_ask=0.57)
+    o = rig.engine.decide(intent(slot=2, seq=2, max_price=0.579))   # 0.5789999... in binary
+    assert o is not None and o.max_price == 0.57
+    rig.markets.set(3, T0, up_ask=0.58)
+    assert rig.engine.decide(intent(slot=3, seq=3, max_price=0.579)) is None
+    rig.markets.set(4, T0, up_ask=0.01)
+    assert rig.engine.decide(intent(slot=4, seq=4, max_price=0.005)) is None
+    assert rejected(rig) == {"PRICE_ABOVE_MAX": 1, "BAD_INTENT": 1}
+    (detail,) = rig.journal.db.execute("SELECT detail FROM intents WHERE slot = 3").fetchone()
+    assert detail == "ask 0.58 > max 0.579 (on the 0.01 tick: 0.57)"
+
+
 async def test_window_over_and_min_size(rig: Rig) -> None:
     rig.markets.set(0, T0)
     rig.clock.advance(300)
