@@ -67,6 +67,7 @@ import numpy as np
 from core.errors import SegmentError, SegmentMismatchError
 from state.layout import HEADER_SIZE, SegmentKind, layout_hash
 from state.segment import Segment, pid_alive
+from state.strings import decode_nul
 from state.wakeup import Bell, Ringer
 
 MAX_READERS = 16
@@ -168,7 +169,7 @@ class _RingBase:
             if r["active"]:
                 out.append({"index": i, "pid": int(r["pid"]), "cursor": int(r["cursor"]),
                             "lapped": int(r["lapped"]), "lost": int(r["lost"]),
-                            "name": bytes(r["name"]).rstrip(b"\0").decode(errors="replace"),
+                            "name": decode_nul(r["name"]),
                             "alive": pid_alive(int(r["pid"]))})
         return out
 
