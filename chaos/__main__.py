@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only this scenario (repeatable; default: all but soak)")
     ap.add_argument("--runs", type=int, default=None,
                     help="faults per scenario (default: each its own: 30 strategy kills, "
-                         "10 feed kills, 5+5+5 position kills, 3 supervisor kills, 50 "
+                         "10 feed kills, 4+4+4 position kills, 3 supervisor kills, 50 "
                          "reloads in the storm, 5 while reconnecting)")
     ap.add_argument("--speed", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=None, help="default: from the clock")

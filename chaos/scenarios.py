@@ -2,10 +2,10 @@
 
 - strategy-kill: kill -9 the active strategy worker N times (default 30) at random moments,
   about half of them while a reload is in flight (in its SPAWN or DRAIN phase);
-- feed-kill, position-kill: kill -9 the feed / position worker N times (default 10 / 5);
+- feed-kill, position-kill: kill -9 the feed / position worker N times (default 10 / 4);
 - position-kill-inflight: the position worker, each kill while an order is in flight (sent
-  to the sim, its reply held back by the sim's ``order_delay_s`` fault; default 5);
-- position-kill-journaled (journaled.py): killed between journaling and sending (default 5);
+  to the sim, its reply held back by the sim's ``order_delay_s`` fault; default 4);
+- position-kill-journaled (journaled.py): killed between journaling and sending (default 4);
 - reload-storm: a reload every tick for N ticks (default 50), alternating two files;
 - supervisor-kill (restarts.py), sim-faults, sim-restart, reload-reconnect (simfaults.py),
   broken-strategies (broken.py), hostile-input (hostile.py); soak (soak.py) only on request.
@@ -177,7 +177,7 @@ def position_kill_inflight(bot: Bot, row: Row, admin: str, pids: set[int], opts:
     (fault ``order_delay_s``), the kill lands once a new POST /order reached the sim and
     before its reply. The restarted worker must find the order, not send it again."""
     kills: collections.deque[float] = collections.deque()
-    for i in range(opts.runs or 5):
+    for i in range(opts.runs or 4):     # 4: the 5th would wait for the restart budget
         time.sleep(rng.uniform(0.2, 2.0))
         while kills and time.monotonic() - kills[0] > RESTART_PERIOD_S:
             kills.popleft()
@@ -260,7 +260,7 @@ def reload_storm(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
 SCENARIOS: dict[str, Body] = {
     "strategy-kill": strategy_kill,
     "feed-kill": _kill_worker("feed", 10),
-    "position-kill": _kill_worker("position", 5),
+    "position-kill": _kill_worker("position", 4),    # + 4 in flight + 4 journaled
     "position-kill-inflight": position_kill_inflight,
     "reload-storm": reload_storm,
     "supervisor-kill": supervisor_kill,
