@@ -274,6 +274,10 @@ SCENARIOS: dict[str, Body] = {
 }
 DEFAULT = tuple(n for n in SCENARIOS if n != "soak")    # `make chaos`; soak: `make chaos-soak`
 NEEDS_API = frozenset({"hostile-input"})
+# the test strategy loses money (the sim's books make a naive taker pay): at the default
+# 5 USDC a long scenario reaches the position worker's daily loss limit (-50) and every
+# later intent is refused, which would leave the order faults nothing to hit
+STAKE = 1.5
 ENVIRONMENT = {"position-kill-journaled": JOURNALED_ENV}       # for the whole bot
 SOURCES = {"position-kill-journaled": gated_source}         # the first strategy, else _flagged
 
@@ -296,6 +300,9 @@ def final_checks(bot: Bot, row: Row, admin: str, before: dict) -> None:
     else:
         f.merge(windows)
         f.merge(exchange.check_ledger(bot, admin))
+    refused = sum(1 for i in bot.journal_intents() if "PnL" in (i.get("detail") or ""))
+    if refused:
+        row.notes.append(f"{refused} intents refused by the daily loss limit")
     after = exchange.resources(bot)
     growth_findings, growth = exchange.compare_resources(before, after)
     row.measures.update(before=before, after=after, growth=growth)
@@ -317,7 +324,7 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False,
     os.environ.update(ENVIRONMENT.get(name, {}))
     try:
         bot = Bot(tmp, speed=opts.speed, strategy=SOURCES.get(name, _flagged)("chaos-a", tmp),
-                  args=(*api, "--seed", str(opts.seed)))
+                  args=(*api, "--seed", str(opts.seed), "--stake", str(STAKE)))
     finally:
         os.environ.clear()
         os.environ.update(saved)
