@@ -17,7 +17,7 @@ from typing import Any
 
 from api_worker.reader import JsonFile
 from core.errors import NoblinkError
-from core.markets import KLINE_INTERVALS, SLOTS, SYMBOLS
+from core.markets import KLINE_INTERVALS, SLOTS
 from feed_worker.windows import row_index
 from state.layout import WINDOW_CAPACITY, WINDOW_ROW_DT
 from state.run import RunPaths
@@ -67,7 +67,7 @@ class Candles:
         """``{"label", "symbol", "interval", "candles": [...]}``, at most ``n`` candles, oldest
         first. KeyError for an unknown label, CandlesUnavailable when there is no feed."""
         slot = BY_LABEL[label]
-        row_i = row_index(SYMBOLS.index(slot.symbol), KLINE_INTERVALS.index(INTERVAL))
+        row_i = row_index(slot.asset_index, KLINE_INTERVALS.index(INTERVAL))
         with self._lock:
             table = self._table()
             try:

@@ -44,6 +44,20 @@ class Endpoints:
                    rtds=info.get("rtds", ""))
 
 
+def default_run_dir() -> Path:
+    """``$NOBLINK_RUN_DIR``, else ``$XDG_STATE_HOME/noblink``, else ``~/.local/state/noblink``.
+
+    A relative XDG_STATE_HOME is ignored, as the XDG base directory spec requires.
+    """
+    env = os.environ.get("NOBLINK_RUN_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "noblink"
+    return Path.home() / ".local" / "state" / "noblink"
+
+
 def write_json_atomic(path: Path, doc: Any) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one
     (a per-process temp name, then rename). The file is created 0600 whatever the umask."""

@@ -43,7 +43,7 @@ import orjson
 
 from core.clock import ClockLike
 from core.errors import InputError, RetryableError
-from core.markets import KLINE_INTERVALS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, KLINE_INTERVALS
 from core.proc import truncate
 from feed_worker.config import FeedConfig
 from feed_worker.http import Response, Transport, retry_after_s
@@ -262,7 +262,7 @@ class Backfiller:
     async def fill_row(self, r: int) -> int:
         """Fetch and merge what row ``r`` misses; returns the candles written from REST."""
         sid, iid = divmod(r, N_INTERVALS)
-        symbol, interval = SYMBOLS[sid], KLINE_INTERVALS[iid]
+        symbol, interval = CANDLE_SYMBOLS[sid], KLINE_INTERVALS[iid]
         iv = self.windows.interval_ms[r]
         cap = self.windows.capacity
         total = 0
@@ -301,7 +301,7 @@ class Backfiller:
         want = self.windows.capacity - n
         first = self.windows.first_open_time(r)
         self._history_at[r] = (self.clock.now(), self.clock.monotonic_ns())
-        candles = await self.rest.klines(SYMBOLS[sid], KLINE_INTERVALS[iid],
+        candles = await self.rest.klines(CANDLE_SYMBOLS[sid], KLINE_INTERVALS[iid],
                                          first - want * iv, first - 1, want)
         got = self.windows.prepend(r, candles)
         self.stats.backfilled += got

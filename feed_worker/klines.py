@@ -23,14 +23,15 @@ import numpy as np
 import orjson
 
 from core.errors import InputError
-from core.markets import INTERVAL_MS, KLINE_INTERVALS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, INTERVAL_MS, KLINE_INTERVALS
 from state.layout import KLINE_DT
 
 # symbol_id, interval_id, closed, pad, open_time, close_time, o h l c v q, trades, E, recv_ns
 KLINE_STRUCT = struct.Struct("<HHB3xqq6dqqq")
 assert KLINE_STRUCT.size == KLINE_DT.itemsize
 
-SYMBOL_ID: dict[str, int] = {s: i for i, s in enumerate(SYMBOLS)}
+# symbol -> symbol_id (the asset's index); Binance symbols and reference candle names alike
+SYMBOL_ID: dict[str, int] = {s: i for i, s in enumerate(CANDLE_SYMBOLS)}
 INTERVAL_ID: dict[str, int] = {s: i for i, s in enumerate(KLINE_INTERVALS)}
 
 

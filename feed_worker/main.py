@@ -34,6 +34,7 @@ from feed_worker.backfill import Backfiller, BinanceRest, sleep_wall
 from feed_worker.binance_ws import BinanceStream
 from feed_worker.config import FeedConfig
 from feed_worker.http import AiohttpTransport
+from feed_worker.klines import SYMBOL_ID
 from feed_worker.lifecycle import FEED_TRANSITIONS, ConnState, FeedState, StateMachine
 from feed_worker.publish import KlinePublisher
 from feed_worker.reference import ReferencePublisher
@@ -69,7 +70,7 @@ class FeedWorker:
         self.control: ControlBlock | None = None
         self.http = AiohttpTransport(cfg.http_timeout_wall_s)
         self.stats = FeedStats()
-        self.rows = sorted(row_index(SYMBOLS.index(s), KLINE_INTERVALS.index(i))
+        self.rows = sorted(row_index(SYMBOL_ID[s], KLINE_INTERVALS.index(i))
                            for s in cfg.symbols for i in cfg.intervals)
         self._started = False
 

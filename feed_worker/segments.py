@@ -3,8 +3,8 @@
     name        structure                         contents
     klines      ring  KLINE_DT  x KLINE_RING_CAPACITY   every kline update, in arrival order
     ticks       ring  TICK_DT   x TICK_RING_CAPACITY    one record per scanner tick
-    windows     table WINDOW_ROW_DT x 8*3               closed candles per symbol x interval
-    markets     table MARKET_DT x 16                    the 16 slots, in core.markets.SLOTS order
+    windows     table WINDOW_ROW_DT x assets*3          closed candles per asset x interval
+    markets     table MARKET_DT x N_SLOTS               the slots, in core.markets.SLOTS order
     feedstats   table FEED_STATS_DT x 1                 counters and latency
     refring     ring  REF_DT    x REF_RING_CAPACITY     every reference (Chainlink) observation
     reference   table REF_ROW_DT x assets               the newest reference per asset

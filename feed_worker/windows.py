@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.markets import INTERVAL_MS, KLINE_INTERVALS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, INTERVAL_MS, KLINE_INTERVALS
 from state.layout import KLINE_DT, WINDOW_CAPACITY
 from state.table import TableWriter
 
 log = logging.getLogger(__name__)
 
 N_INTERVALS = len(KLINE_INTERVALS)
-N_ROWS = len(SYMBOLS) * N_INTERVALS
+N_ROWS = len(CANDLE_SYMBOLS) * N_INTERVALS     # one row per asset x interval
 
 
 def row_index(symbol_id: int, interval_id: int) -> int:
@@ -44,7 +44,7 @@ def row_index(symbol_id: int, interval_id: int) -> int:
 
 
 def row_label(row: int) -> str:
-    return f"{SYMBOLS[row // N_INTERVALS]}/{KLINE_INTERVALS[row % N_INTERVALS]}"
+    return f"{CANDLE_SYMBOLS[row // N_INTERVALS]}/{KLINE_INTERVALS[row % N_INTERVALS]}"
 
 
 class AddResult(enum.IntEnum):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from core.universe import AssetSpec
+
 SECONDS_PER_YEAR = 365 * 24 * 3600
 
 
@@ -60,3 +62,24 @@ ASSET_PARAMS: tuple[AssetParams, ...] = tuple(
 # Symbols the simulated Binance serves (WS and REST); every asset has a path in PriceModel.
 BY_SYMBOL: dict[str, AssetParams] = {p.symbol: p for p in ASSET_PARAMS if p.binance}
 BY_ASSET: dict[str, AssetParams] = {p.asset: p for p in ASSET_PARAMS}
+
+
+def check_universe(assets: tuple[AssetSpec, ...]) -> None:
+    """Refuse a universe the sim cannot serve like production would, naming the asset: an
+    asset it has no parameters for (add it at the end of ``_PARAMS``), or Binance candles
+    for a pair the simulated Binance does not list (HYPE: use ``candles = "reference"``).
+    A clear refusal beats generated parameters that no test has ever looked at."""
+    for a in assets:
+        p = BY_ASSET.get(a.slug)
+        if p is None:
+            raise ValueError(f"the sim does not simulate asset {a.slug!r} (it knows "
+                             f"{', '.join(BY_ASSET)}; add it to sim/assets.py)")
+        sym = a.binance_symbol
+        if sym is not None and (not p.binance or sym != p.symbol):
+            raise ValueError(f"the sim's Binance has no {sym} market for {a.slug!r} "
+                             f"(use candles = \"reference\" or binance:{p.symbol})"
+                             if p.binance else
+                             f"the sim's Binance has no market for {a.slug!r}, like the "
+                             f"real one (use candles = \"reference\")")
+        if a.chainlink != f"{a.slug}/usd":
+            raise ValueError(f"the sim's RTDS publishes {a.slug}/usd, not {a.chainlink!r}")

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 
 from core.logs import setup_logging
+from core.markets import ASSETS
+from sim.assets import check_universe
 from sim.context import SimConfig
 from state.run import default_run_dir
 
@@ -56,6 +58,7 @@ def main(argv: list[str]) -> int:
                         weight_limit=args.weight_limit, ping_interval_s=args.ping_interval,
                         pong_timeout_s=args.pong_timeout, balance=args.balance,
                         resolve_lag_s=args.resolve_lag)
+        check_universe(ASSETS)        # the markets it lists are the universe's slots
     except ValueError as e:
         print(f"noblink sim: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from core.errors import NoblinkError, SnapshotEmptyError
-from core.markets import KLINE_INTERVALS, SLOTS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, KLINE_INTERVALS, SLOTS
 from state.control import ControlBlock, WorkerSlot
 from state.layout import (
     FEED_STATS_DT,
@@ -155,7 +155,7 @@ def _windows_info(t: TableReader, n: int) -> list[dict[str, Any]]:
         sym, iv = int(row["symbol_id"]), int(row["interval_id"])
         last = row["candles"][max(0, count - n):count]
         out.append({
-            "symbol": SYMBOLS[sym] if sym < len(SYMBOLS) else sym,
+            "symbol": CANDLE_SYMBOLS[sym] if sym < len(CANDLE_SYMBOLS) else sym,
             "interval": KLINE_INTERVALS[iv] if iv < len(KLINE_INTERVALS) else iv,
             "count": count, "last_open_time": int(row["last_open_time"]),
             "last": [{k: c[k].item() for k in ("open_time", "open", "high", "low", "close",

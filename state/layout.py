@@ -28,9 +28,9 @@ import hashlib
 
 import numpy as np
 
-from core.markets import N_SLOTS
+from core.markets import N_SLOTS, UNIVERSE
 
-LAYOUT_VERSION = 2           # 2: reference price (RTDS), price to beat, per-market tick/size
+LAYOUT_VERSION = 3           # 3: the universe from config (slot count, candle rows per asset)
 MAGIC = b"NOBLINK\x01"
 CACHE_LINE = 64
 HEADER_SIZE = 64
@@ -57,9 +57,14 @@ class SegmentKind(enum.IntEnum):
 
 
 def layout_hash(*parts: object) -> int:
-    """A stable 64-bit hash of dtypes and parameters (not Python's randomised ``hash``)."""
+    """A stable 64-bit hash of dtypes and parameters (not Python's randomised ``hash``).
+
+    It covers the universe (core.universe): the slot and asset indices in every record mean
+    its assets, so a segment made for another universe is another layout, even with the same
+    sizes."""
     h = hashlib.blake2b(digest_size=8)
     h.update(str(LAYOUT_VERSION).encode())
+    h.update(UNIVERSE.fingerprint.encode())
     for p in parts:
         h.update(b"\x1f")
         h.update(repr(p.descr if isinstance(p, np.dtype) else p).encode())
@@ -68,11 +73,12 @@ def layout_hash(*parts: object) -> int:
 
 # --- candles -----------------------------------------------------------------------------
 
-# One Binance kline update (ring record) or one closed candle (window element). 96 bytes.
+# One kline update (ring record) or one closed candle (window element), from Binance or
+# built from the reference (feed_worker). 96 bytes.
 # Prices are float64: Binance sends decimal strings; float64 holds their 8 significant
 # digits exactly enough for signals, and the raw string never has to cross a process.
 KLINE_DT = np.dtype([
-    ("symbol_id", "<u2"),      # index into core.markets.SYMBOLS
+    ("symbol_id", "<u2"),      # the asset's index (core.markets.CANDLE_SYMBOLS)
     ("interval_id", "<u2"),    # index into core.markets.KLINE_INTERVALS
     ("closed", "u1"),          # 1 only on Binance's final update (x=true)
     ("_pad", "u1", (3,)),
@@ -103,7 +109,7 @@ WINDOW_ROW_DT = np.dtype([
     ("candles", KLINE_DT, (WINDOW_CAPACITY,)),
 ])
 
-# --- markets (the 16 slots) --------------------------------------------------------------
+# --- markets (the universe's slots) --------------------------------------------------------------
 
 class RefStatus(enum.IntEnum):
     """How fresh a slot's reference price (Chainlink via RTDS) is, as the scanner saw it."""

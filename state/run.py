@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from core.config import write_json_atomic
+from core.config import default_run_dir, write_json_atomic  # noqa: F401 (re-exported)
 from core.errors import OperatorError
 from state.segment import PREFIX, SHM_DIR, pid_alive, segment_path
 
@@ -50,20 +50,6 @@ INTENT_RING_CAPACITY = 1 << 8
 SNAPSHOT_CAPACITY = 4 << 20
 
 log = logging.getLogger(__name__)
-
-
-def default_run_dir() -> Path:
-    """``$NOBLINK_RUN_DIR``, else ``$XDG_STATE_HOME/noblink``, else ``~/.local/state/noblink``.
-
-    A relative XDG_STATE_HOME is ignored, as the XDG base directory spec requires.
-    """
-    env = os.environ.get("NOBLINK_RUN_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "noblink"
-    return Path.home() / ".local" / "state" / "noblink"
 
 
 def prepare_run_dir(path: Path) -> Path:

@@ -269,6 +269,9 @@ class Segment:
         if h.layout_hash != lhash:
             problems.append(f"layout hash {h.layout_hash:016x} (segment) != "
                             f"{lhash:016x} (this code)")
+            # the hash covers the universe too: say so, or the operator hunts a code change
+            problems.append("the layout hash covers the code's layouts and the universe "
+                            "(noblink.toml): a changed universe is a new layout")
         if h.size != self.size:
             problems.append(f"header size {h.size} != file size {self.size}")
         if expected_size is not None and self.size != expected_size:

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from core.markets import KLINE_INTERVALS, SLOTS, SYMBOLS
+from core.markets import KLINE_INTERVALS, SLOTS
 from state.layout import WINDOW_ROW_DT, RefStatus, SlotStatus
 from state.run import RunPaths
 from state.strings import decode_nul
@@ -83,7 +83,7 @@ class StateViews:
             if int(m["status"]) != SlotStatus.OK or int(m["tick"]) != tick:
                 continue
             slot = SLOTS[int(m["slot"])]
-            sym = SYMBOLS.index(slot.symbol)
+            sym = slot.asset_index          # the asset's candle rows
             views.append(SlotView(
                 tick=tick, now=now, slot=slot.index, label=slot.label, asset=slot.asset,
                 window_s=slot.window_s, window_start=int(m["window_start"]),

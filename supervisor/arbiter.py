@@ -47,6 +47,10 @@ from core.clock import Clock
 from core.config import load_json, write_json_atomic
 from core.errors import OperatorError, SnapshotCorruptError, SnapshotEmptyError
 from core.proc import private_umask
+from core.universe import ENV as UNIVERSE_ENV
+from core.universe import UNIVERSE_FILE, UniverseError, write_resolved
+from core.universe import current as current_universe
+from core.universe import parse as parse_universe
 from state.control import ControlBlock, WorkerSlot
 from state.layout import WorkerRole
 from state.run import SNAPSHOT_CAPACITY, RunPaths, new_run_id, prepare_run_dir
@@ -177,6 +181,7 @@ class Supervisor:
             old, doc = RunPaths.load(run_dir)
         except (FileNotFoundError, ValueError, KeyError):
             old, doc = None, {}
+        _check_universe(run_dir, doc)
         if old is not None:
             if RunPaths.is_live(doc) and int(doc.get("pid", 0)) != os.getpid():
                 raise OperatorError(f"a noblink supervisor (pid {doc['pid']}) already runs in "
@@ -200,6 +205,10 @@ class Supervisor:
             # a sim.json left by an earlier sim-mode run must not steer a paper/live worker
             (run_dir / "sim.json").unlink(missing_ok=True)
         self.paths = RunPaths(run_dir, run_id or new_run_id())
+        # Every child resolves the same universe from this file (core.universe): written
+        # before the first child starts, 0600 like every file of the run.
+        write_resolved(run_dir / UNIVERSE_FILE, current_universe())
+        os.environ[UNIVERSE_ENV] = str(run_dir / UNIVERSE_FILE)
         self.control = ControlBlock.create(self.paths.seg("control"), self.paths.run_id)
         self.control.register(WorkerSlot.SUPERVISOR, WorkerRole.SUPERVISOR, state=1,
                               label="supervisor", now_ns=time.monotonic_ns())
@@ -250,6 +259,7 @@ class Supervisor:
         assert self.paths is not None
         self.paths.write_run_json(
             mode=self.cfg.mode, sim_port_base=self.sim_port_base, epoch=self.epoch,
+            universe=current_universe().to_dict(),
             sim_clock=self.sim_clock.to_dict() if self.sim_clock else None)
 
     def _load_snapshot_file(self) -> None:
@@ -578,6 +588,26 @@ def _logged(what: str) -> Iterator[None]:
         yield
     except Exception:
         log.exception("shutdown: %s failed", what)
+
+
+def _check_universe(run_dir: Path, doc: dict) -> None:
+    """Refuse a run directory made with another universe: its journal, snapshot and segments
+    number slots and assets in that universe's order."""
+    recorded = doc.get("universe")
+    if recorded is None:
+        return
+    now = current_universe()
+    try:
+        before = parse_universe(recorded, f"{run_dir}/run.json")
+    except UniverseError:
+        before = None
+    if before == now:
+        return
+    was = before.describe() if before is not None else "unreadable"
+    raise OperatorError(
+        f"the universe changed (assets {was} in {run_dir}; now {now.describe()}): a new "
+        f"universe is a new layout; use a fresh run dir (--run-dir), or run with the config "
+        f"this run dir was made with (--config {run_dir}/{UNIVERSE_FILE})")
 
 
 def _archive_sim_journal(old: RunPaths, doc: dict) -> None:

@@ -1,6 +1,7 @@
 """The `noblink` command: one entry point, a subcommand per concern.
 
-    noblink run [--mode sim|paper|live] [--live] [--speed N] [--run-dir DIR] ...
+    noblink run [--config noblink.toml] [--assets btc,eth] [--mode sim|paper|live] [--live]
+                [--speed N] [--run-dir DIR] ...
     noblink reload [--strategy FILE | --previous | --to SHA] [--params JSON] [--shadow N]
                    [--dry-run] [--timeout S] [--json] [--run-dir DIR]
     noblink params get [--json] [--run-dir DIR]
@@ -27,17 +28,21 @@ Exit codes of the commands and queries against a bot: 0 ok, 1 refused, rolled ba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from core.errors import NoblinkError
+
 
 def _run(argv: list[str]) -> int:
-    from core.proc import setup_logging
-    from state.run import default_run_dir
-    from supervisor.arbiter import Supervisor, SupervisorConfig
-
     ap = argparse.ArgumentParser(prog="noblink run", description="Run the whole bot.")
     ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--config", type=Path, default=None,
+                    help="the universe (noblink.toml: assets, windows, Chainlink symbol, "
+                    "candle source; default: btc eth sol xrp doge bnb hype x 5m/15m)")
+    ap.add_argument("--assets", default=None, metavar="SLUG,...",
+                    help="trade only these assets of the universe (e.g. btc,eth)")
     ap.add_argument("--mode", choices=("sim", "paper", "live"), default="sim")
     ap.add_argument("--live", action="store_true", help="required with --mode live")
     ap.add_argument("--speed", type=float, default=1.0, help="sim clock speed (sim mode)")
@@ -62,6 +67,24 @@ def _run(argv: list[str]) -> int:
         print("noblink run: --mode live trades real money and needs --live as well",
               file=sys.stderr)
         return 2
+    # ORDER MATTERS: the universe sizes the slots and every shared-memory layout when
+    # core.markets is imported, so it is installed before anything imports the bot's modules
+    # (the supervisor, the state layer). The supervisor then hands it to every child through
+    # <run dir>/universe.json and $NOBLINK_UNIVERSE.
+    from core.universe import UniverseError, current, install, load_file
+    try:
+        universe = load_file(args.config) if args.config is not None else current()
+        if args.assets is not None:
+            universe = universe.select([a.strip() for a in args.assets.split(",") if a.strip()])
+    except UniverseError as e:
+        print(f"noblink run: {e}", file=sys.stderr)
+        return 2
+    install(universe)
+
+    from core.proc import setup_logging
+    from state.run import default_run_dir
+    from supervisor.arbiter import Supervisor, SupervisorConfig
+
     setup_logging(role="supervisor", run_dir=args.run_dir or default_run_dir())
     cfg = SupervisorConfig(run_dir=args.run_dir or default_run_dir(), mode=args.mode,
                            live=args.live, speed=args.speed, seed=args.seed,
@@ -98,12 +121,35 @@ def _clean(argv: list[str]) -> int:
     return 0
 
 
+def _universe_of_run_dir(argv: list[str]) -> None:
+    """A command against a running bot (status, inspect, ...) reads its segments with the
+    run's universe: install <run dir>/universe.json before anything imports core.markets
+    (a universe given in $NOBLINK_UNIVERSE wins). An in-process caller (a test) that already
+    imported core.markets keeps its own universe."""
+    from core.config import default_run_dir
+    from core.universe import ENV, UNIVERSE_FILE, install, load_file
+    if os.environ.get(ENV) or "core.markets" in sys.modules:
+        return
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--run-dir", type=Path, default=None)
+    known, _ = ap.parse_known_args(argv)
+    f = (known.run_dir or default_run_dir()) / UNIVERSE_FILE
+    if f.is_file():
+        install(load_file(f))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd not in ("run", "sim", "clean"):
+        try:
+            _universe_of_run_dir(rest)
+        except NoblinkError as e:
+            print(f"noblink {cmd}: {e}", file=sys.stderr)
+            return 2
     if cmd == "run":
         return _run(rest)
     if cmd == "sim":

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from core.config import write_json_atomic
-from core.markets import KLINE_INTERVALS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, KLINE_INTERVALS
 from feed_worker.windows import row_index
 from position_worker.journal import Journal, OrderRow, OrderState
 from state.layout import WINDOW_ROW_DT
@@ -124,8 +124,8 @@ class FakeRun:
     def candles(self, symbol: str = "BTCUSDT", n: int = 100, t0: int = 60_000 * 1000) -> None:
         if self.windows is None:
             self.windows = TableWriter(self.paths.seg("windows"), WINDOW_ROW_DT,
-                                       len(SYMBOLS) * len(KLINE_INTERVALS))
-        sid = SYMBOLS.index(symbol)
+                                       len(CANDLE_SYMBOLS) * len(KLINE_INTERVALS))
+        sid = CANDLE_SYMBOLS.index(symbol)
         row = np.zeros((), dtype=WINDOW_ROW_DT)
         row["symbol_id"], row["interval_id"], row["count"] = sid, 0, n
         c = row["candles"]

@@ -2,7 +2,7 @@
 chromium-driver (nothing is downloaded: no browser can be fetched here).
 
 The test runs the real bot (sim, speed 30) and the real API worker, opens the dashboard with
-the token in the URL fragment, waits for the 16 slots to show prices over the live event
+the token in the URL fragment, waits for every slot to show prices over the live event
 stream, clicks Reload and waits for the new epoch, and saves a full-page screenshot to the
 test's tmp_path and to ``test-output/dashboard.png``.
 
@@ -242,8 +242,8 @@ def _drive(driver: Any, api: ApiWorker, bot: Bot, tmp_path: Path) -> None:
         return driver.find_element(By.ID, elem_id).get_attribute(name) or ""
 
     driver.get(f"{api.url}/#token={api.token}")
-    rows = until(_slots_with_prices, "16 slots with numeric prices")
-    assert len(rows) == 16
+    rows = until(_slots_with_prices, f"{len(SLOTS)} slots with numeric prices")
+    assert len(rows) == len(SLOTS)
     until(lambda d: attr("conn", "data-state") == "live", "the event stream to be live")
     assert "token=" not in driver.current_url, "the token stays in the address bar"
 

@@ -12,7 +12,7 @@ import pytest
 
 from core.clock import ManualClock
 from core.errors import InputError
-from core.markets import SLOTS, parse_slug
+from core.markets import N_SLOTS, SLOTS, parse_slug
 from feed_worker.config import FeedConfig
 from feed_worker.http import Response
 from feed_worker.scanner import Scanner, parse_book, parse_gamma_market
@@ -121,7 +121,7 @@ async def test_fills_all_16_slots_with_market_and_best_levels(segs, control):
     sc, http, _stats = make(segs, control, clock, pm, first_tick=41)
     reader = RingReader(segs[1].path, TICK_DT, start="oldest")
     try:
-        assert await sc.scan_once() == 16
+        assert await sc.scan_once() == N_SLOTS
         recs = reader.poll().records
     finally:
         reader.close()
@@ -138,11 +138,11 @@ async def test_fills_all_16_slots_with_market_and_best_levels(segs, control):
         assert (float(row["down_bid"]), float(row["down_ask"])) == (0.45, 0.55)
         assert SlotStatus(int(row["next_status"])) is SlotStatus.OK
         assert int(row["tick"]) == 42
-    assert [int(r["tick"]) for r in recs] == [42] and int(recs[0]["slots_ok"]) == 16
+    assert [int(r["tick"]) for r in recs] == [42] and int(recs[0]["slots_ok"]) == N_SLOTS
     assert int(recs[0]["tick_time_ms"]) == (T0 + 7) * 1000
     assert control.tick()[:2] == (42, (T0 + 7) * 1000)
     books = [c for c in http.calls if c[1].endswith("/books")]
-    assert len(books) == 1 and len(books[0][2]) == 32          # one batch for 32 tokens
+    assert len(books) == 1 and len(books[0][2]) == 2 * N_SLOTS   # one batch for every token
 
 
 async def test_rolls_over_to_the_next_window(segs, control):
@@ -168,14 +168,14 @@ async def test_unlisted_markets_are_reported_not_fatal(segs, control):
     pm = Polymarket(clock)
     pm.listed_until = T0 + 300               # next windows do not exist yet
     sc, _http, stats = make(segs, control, clock, pm)
-    assert await sc.scan_once() == 16
+    assert await sc.scan_once() == N_SLOTS
     assert all(SlotStatus(int(r["next_status"])) is SlotStatus.NOT_LISTED for r in rows(segs))
     pm.listed_until = T0 + 299               # now not even the current 5m ones
     clock.advance(5)
     sc._cache.clear()
     ok = await sc.scan_once()
     st = [SlotStatus(int(r["status"])) for r in rows(segs)]
-    assert ok == 8 and st.count(SlotStatus.NOT_LISTED) == 8
+    assert ok == N_SLOTS // 2 and st.count(SlotStatus.NOT_LISTED) == N_SLOTS // 2
     assert stats.scan_errors == 0
 
 
@@ -189,7 +189,7 @@ async def test_one_failing_slot_does_not_stop_the_others(segs, control):
     pm.no_book = {token(SLOTS[0].slug(T0), "Down")}          # btc 5m: no book for Down
     clock.advance(5)
     sc._cache.clear()                                         # force fresh Gamma reads
-    assert await sc.scan_once() == 13
+    assert await sc.scan_once() == N_SLOTS - 3
     after = rows(segs)
     for s, g, a in zip(SLOTS, good, after, strict=True):
         st = SlotStatus(int(a["status"]))
@@ -206,21 +206,21 @@ async def test_one_failing_slot_does_not_stop_the_others(segs, control):
 async def test_falls_back_to_one_book_request_per_token(segs, control):
     clock = ManualClock(start=T0 + 10)
     sc, http, _stats = make(segs, control, clock, Polymarket(clock, books_post=False))
-    assert await sc.scan_once() == 16
-    assert await sc.scan_once() == 16
+    assert await sc.scan_once() == N_SLOTS
+    assert await sc.scan_once() == N_SLOTS
     posts = [c for c in http.calls if c[0] == "POST"]
     gets = [c for c in http.calls if c[1].endswith("/book")]
-    assert len(posts) == 1 and len(gets) == 64
+    assert len(posts) == 1 and len(gets) == 4 * N_SLOTS
 
 
 async def test_a_failed_refresh_of_a_known_market_keeps_it(segs, control):
     clock = ManualClock(start=T0 + 10)
     pm = Polymarket(clock)
     sc, _http, stats = make(segs, control, clock, pm)
-    assert await sc.scan_once() == 16
+    assert await sc.scan_once() == N_SLOTS
     pm.gamma_fail = {"btc"}
     clock.advance(10)                       # past the refresh interval: Gamma is re-read
-    assert await sc.scan_once() == 16       # tokens and end are immutable: still OK
+    assert await sc.scan_once() == N_SLOTS       # tokens and end are immutable: still OK
     assert stats.scan_errors >= 2           # but the failed refreshes are counted
 
 
@@ -229,11 +229,11 @@ async def test_a_batch_refused_for_one_fresh_market_falls_back_for_that_tick(seg
     pm = Polymarket(clock, strict_batch=True)
     pm.no_book = {token(SLOTS[3].slug(T0), "Up")}
     sc, http, stats = make(segs, control, clock, pm)
-    assert await sc.scan_once() == 15
+    assert await sc.scan_once() == N_SLOTS - 1
     assert SlotStatus(int(rows(segs)[3]["status"])) is SlotStatus.NO_BOOK
     pm.no_book = set()
     http.calls.clear()
-    assert await sc.scan_once() == 16
+    assert await sc.scan_once() == N_SLOTS
     assert [c[0] for c in http.calls if "/book" in c[1]] == ["POST"]     # batch again
     assert stats.scan_errors == 0
 
@@ -266,9 +266,9 @@ async def test_one_bad_book_spoils_its_token_only(segs, control, bad, books_post
     pm = Polymarket(clock, books_post=books_post)
     pm.bad_price = {token(SLOTS[2].slug(T0), "Up"): bad}
     sc, _http, stats = make(segs, control, clock, pm)
-    assert await sc.scan_once() == 15                          # the tick went through
+    assert await sc.scan_once() == N_SLOTS - 1                          # the tick went through
     st = [SlotStatus(int(r["status"])) for r in rows(segs)]
-    assert st[2] is SlotStatus.ERROR and st.count(SlotStatus.OK) == 15
+    assert st[2] is SlotStatus.ERROR and st.count(SlotStatus.OK) == N_SLOTS - 1
     assert stats.parse_errors == 1 and control.tick()[0] == 1
 
 
@@ -285,13 +285,13 @@ async def test_a_429_closes_that_host_for_retry_after(segs, control, host):
     clock = ManualClock(start=T0 + 10)
     pm = Polymarket(clock)
     sc, http, stats = make(segs, control, clock, pm)
-    assert await sc.scan_once() == 16
+    assert await sc.scan_once() == N_SLOTS
     good = rows(segs)
     pm.throttle[host] = [Response(429, b'{"error":"Too Many Requests"}', {"Retry-After": "3"})]
     sc._cache.clear()                                          # force Gamma reads
     clock.advance(5)
     http.calls.clear()
-    assert await sc.scan_once() < 16
+    assert await sc.scan_once() < N_SLOTS
     first = len(http.calls)
     for _ in range(2):                                         # 2 s later: still closed
         clock.advance(1)
@@ -302,7 +302,7 @@ async def test_a_429_closes_that_host_for_retry_after(segs, control, host):
     for g, a in zip(good, after, strict=True):                 # last good data kept
         assert a["up_token"] == g["up_token"] and float(a["up_bid"]) == 0.45
     clock.advance(1.5)                                         # Retry-After is over
-    assert await sc.scan_once() == 16
+    assert await sc.scan_once() == N_SLOTS
 
 
 async def test_a_429_without_retry_after_uses_the_default(segs, control):
@@ -315,7 +315,7 @@ async def test_a_429_without_retry_after_uses_the_default(segs, control):
     clock.advance(4.9)
     assert sc.held("clob")
     clock.advance(0.2)                                         # 5 s default
-    assert not sc.held("clob") and await sc.scan_once() == 16
+    assert not sc.held("clob") and await sc.scan_once() == N_SLOTS
 
 
 def test_gamma_parsing_pairs_outcomes_by_name():

@@ -240,7 +240,7 @@ def test_risk_limits_and_pause(ctx: Ctx) -> None:
                "max open", ctx.tail)
     ctx.control.set_paused(True)
     wait_until(lambda: read_stats(ctx.paths)["paused"] == 1, 10, "paused in status", ctx.tail)
-    d = ctx.feed.scan(14)
+    d = ctx.feed.scan(6)
     submit(wr, d)
     wait_until(lambda: read_stats(ctx.paths)["rejected"].get("PAUSED") == 1, 20, "paused",
                ctx.tail)

@@ -243,7 +243,7 @@ def test_book_format_order_and_mirror(sim):
 def test_positions_settle_at_one_or_zero(sim):
     c = client(sim)
     # Enough time left that neither side is nearly certain (and so has a thin book).
-    m = tradable(sim, "link", window=300, min_left=150)
+    m = tradable(sim, "hype", window=300, min_left=150)
     fills = {token: float(market_buy(c, token, 20)["takingAmount"])
              for token in (m["up"], m["down"])}
     before = usdc(c)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from core.markets import KLINE_INTERVALS, N_SLOTS, SLOTS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, KLINE_INTERVALS, N_SLOTS, SLOTS
 from state.layout import MARKET_DT, TICK_DT, WINDOW_ROW_DT, SlotStatus
 from state.run import RunPaths
 from state.table import TableWriter
@@ -21,14 +21,14 @@ from strategy_worker.views import StateViews
 
 T0_MS = 1_777_467_600_000          # a 15-minute boundary: every window starts here
 MINUTE_MS = 60_000
-BTC, ONE_MINUTE = SYMBOLS.index("BTCUSDT"), KLINE_INTERVALS.index("1m")
+BTC, ONE_MINUTE = CANDLE_SYMBOLS.index("BTCUSDT"), KLINE_INTERVALS.index("1m")
 
 
 @pytest.fixture
 def windows(run_paths: RunPaths) -> Iterator[TableWriter]:
     """The feed's windows table (all rows empty until a test writes one)."""
     w = TableWriter(run_paths.seg("windows"), WINDOW_ROW_DT,
-                    len(SYMBOLS) * len(KLINE_INTERVALS), name="windows")
+                    len(CANDLE_SYMBOLS) * len(KLINE_INTERVALS), name="windows")
     yield w
     w.unlink()
     w.close()

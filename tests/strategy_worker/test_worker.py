@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from core.clock import Clock
-from core.markets import KLINE_INTERVALS, SLOTS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, KLINE_INTERVALS, N_SLOTS, SLOTS
 from core.proc import EXIT_BROKEN_CODE, EXIT_OPERATOR
 from position_worker.intents import IntentSource
 from state.control import ControlBlock, WorkerSlot
@@ -49,7 +49,7 @@ class Strategy:
 '''
 
 # Records, in evaluation order, [tick, slots evaluated at that tick]: a merged tick would be
-# missing, a repeated one would show twice, a partial one would count fewer than 16 slots.
+# missing, a repeated one would show twice, a partial one would count fewer than N_SLOTS slots.
 RECORDER = '''
 SCHEMA_VERSION = 1
 from strategy_worker.api import Decision
@@ -70,13 +70,13 @@ class Strategy:
 
 
 class FakeFeed:
-    """Creates the feed's segments and publishes ticks with all 16 slots listed."""
+    """Creates the feed's segments and publishes ticks with every slot listed."""
 
     def __init__(self, paths: RunPaths, clock: Clock) -> None:
         self.clock = clock
         self.ticks = RingWriter(paths.seg("ticks"), TICK_DT, TICK_RING_CAPACITY)
         self.windows = TableWriter(paths.seg("windows"), WINDOW_ROW_DT,
-                                   len(SYMBOLS) * len(KLINE_INTERVALS))
+                                   len(CANDLE_SYMBOLS) * len(KLINE_INTERVALS))
         self.markets = TableWriter(paths.seg("markets"), MARKET_DT, len(SLOTS))
         self.n = 0
         self.rows: list[np.void] = []
@@ -190,7 +190,7 @@ def start_active_recorder(world: dict, epoch: int) -> tuple[subprocess.Popen, li
     t = feed.tick()
     wait_for(lambda: control.epoch_tick(epoch) == t, what="tick 1 evaluated")
     first = intents.poll()                   # submitted before the tick was marked evaluated
-    assert sorted(i.slot for i in first) == list(range(16))
+    assert sorted(i.slot for i in first) == list(range(N_SLOTS))
     return p, first
 
 
@@ -208,19 +208,19 @@ def test_active_worker_emits_one_intent_per_slot_window_and_snapshots(world: dic
     def collect() -> bool:
         feed.tick()
         got.extend(intents.poll())
-        return len(got) >= 16
+        return len(got) >= N_SLOTS
 
-    wait_for(collect, what="16 intents")
+    wait_for(collect, what=f"{N_SLOTS} intents")
     for _ in range(3):                      # more ticks: the same windows are not re-proposed
         t = feed.tick()
         wait_for(lambda t=t: control.epoch_tick(7) == t, what="tick evaluated")
     got.extend(intents.poll())
-    assert sorted(i.slot for i in got) == list(range(16))
+    assert sorted(i.slot for i in got) == list(range(N_SLOTS))
     assert {i.epoch for i in got} == {7}
     snap = world["snapshot"].read()
     assert snap.schema_version == 3 and snap.epoch == 7
     doc = orjson.loads(snap.data)
-    assert doc["strategy"]["seen"] >= 16 * 4 and len(doc["sent"]) == 16
+    assert doc["strategy"]["seen"] >= N_SLOTS * 4 and len(doc["sent"]) == N_SLOTS
     p.terminate()
     assert p.wait(30) == 0
 
@@ -250,7 +250,7 @@ def test_restart_restores_state_and_does_not_repeat_intents(world: dict) -> None
     p = world["start"](1)
     wait_for(lambda: registered(control, 0, p.pid), what="registration")
     first: list = []
-    wait_for(lambda: (feed.tick(), first.extend(intents.poll()), len(first) >= 16)[-1])
+    wait_for(lambda: (feed.tick(), first.extend(intents.poll()), len(first) >= N_SLOTS)[-1])
     p.kill()                                  # crash: an unplanned reload
     p.wait(30)
     seen_before = orjson.loads(world["snapshot"].read().data)["strategy"]["seen"]
@@ -261,7 +261,7 @@ def test_restart_restores_state_and_does_not_repeat_intents(world: dict) -> None
     wait_for(lambda: control.epoch_tick(2) == t, what="tick evaluated by the successor")
     assert intents.poll() == []               # every (slot, window) was already proposed
     doc = orjson.loads(world["snapshot"].read().data)
-    assert doc["strategy"]["seen"] >= seen_before + 16
+    assert doc["strategy"]["seen"] >= seen_before + N_SLOTS
     q.terminate()
     assert q.wait(30) == 0
 
@@ -287,20 +287,20 @@ def test_ticks_read_late_are_each_evaluated_once_in_order(world: dict) -> None:
             last = feed.tick()
     wait_for(lambda: control.epoch_tick(5) == last, what="the batch evaluated")
     assert last == 6
-    assert evaluations(world) == [[t, 16] for t in range(1, last + 1)]
+    assert evaluations(world) == [[t, N_SLOTS] for t in range(1, last + 1)]
     assert orjson.loads(world["snapshot"].read().data)["tick"] == last
     lane = control.lane(0)
     assert int(lane["skipped"]) == 0 and int(lane["evaluated"]) == last
     batch = intents.poll()
     # Only tick 6 traded: ticks 2..5's windows (their prices are gone) got no intent.
-    assert sorted(i.slot for i in batch) == list(range(16))
+    assert sorted(i.slot for i in batch) == list(range(N_SLOTS))
     assert all(i.window_start == int(feed.rows[i.slot]["window_start"]) for i in batch)
     sent += batch
     t = feed.tick()                          # the same windows again: nothing new to send
     wait_for(lambda: control.epoch_tick(5) == t, what="one more tick evaluated")
     sent += intents.poll()
     keys = [(i.slot, i.window_start) for i in sent]
-    assert len(keys) == len(set(keys)) == 32
+    assert len(keys) == len(set(keys)) == 2 * N_SLOTS
     assert {i.epoch for i in sent} == {5}
     p.terminate()
     assert p.wait(30) == 0
@@ -320,7 +320,7 @@ def test_a_lapped_tick_ring_is_counted_not_hidden(world: dict) -> None:
     assert int(control.lane(0)["skipped"]) == last - len(ticks)     # each counted once
     t = feed.tick()                          # and it goes on, one tick at a time again
     wait_for(lambda: control.epoch_tick(3) == t, what="a later tick evaluated")
-    assert evaluations(world)[-2:] == [[last, 16], [t, 16]]
+    assert evaluations(world)[-2:] == [[last, N_SLOTS], [t, N_SLOTS]]
     assert p.poll() is None
     p.terminate()
     assert p.wait(30) == 0
@@ -399,7 +399,7 @@ def test_verification_passes_a_good_strategy_which_then_waits(world: dict) -> No
     report = wait_for(lambda: (r := read_report(world["paths"].run_dir, 4)).get("state")
                       == "READY" and r, what="READY report")
     assert in_state(control, 0, p.pid, StrategyState.READY)
-    assert report["verify_ms"] > 0 and report["dry_evaluations"] == 16
+    assert report["verify_ms"] > 0 and report["dry_evaluations"] == N_SLOTS
     t = feed.tick()                          # a standby reads ticks but never trades them
     wait_for(lambda: any(r["name"] == "strategy0" and r["cursor"] == t
                          for r in feed.ticks.readers()), what="tick consumed")
@@ -429,4 +429,4 @@ def test_an_active_worker_catches_up_on_every_tick_still_in_the_ring(world: dict
     evals, skipped = evaluations(world), int(control.lane(0)["skipped"])
     p.terminate()
     assert p.wait(30) == 0
-    assert (evals, skipped) == ([[t, 16] for t in range(1, last + 1)], 0)
+    assert (evals, skipped) == ([[t, N_SLOTS] for t in range(1, last + 1)], 0)

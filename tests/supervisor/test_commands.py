@@ -9,6 +9,7 @@ import sys
 
 import orjson
 
+from core.markets import N_SLOTS
 from supervisor import reloadlog
 from tests.supervisor.botctl import Bot, strategy_source
 from tests.waiting import wait_for
@@ -72,7 +73,7 @@ def test_every_command_by_file_and_cli_and_bad_input(bot: Bot) -> None:
     for key in ("mode", "epoch", "tick", "workers", "slots", "positions", "reloads",
                 "commands", "feed"):
         assert key in doc, key
-    assert len(doc["slots"]) == 16
+    assert len(doc["slots"]) == N_SLOTS
     w = doc["workers"]["feed"]
     assert {"pid", "state", "restarts", "rss_mb", "cpu_pct", "heartbeat_age_ms"} <= set(w)
     r = cli(bot, "status")

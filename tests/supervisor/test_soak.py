@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.markets import N_SLOTS
 from tests.supervisor.test_run import status
 from tests.waiting import wait_for
 
@@ -36,7 +37,7 @@ def test_ten_simulated_hours_without_a_restart(tmp_path: Path) -> None:
                 last_tick = s["tick"]
                 assert all(w["restarts"] == 0 for w in s["workers"].values()), s["workers"]
             s = status(run_dir)
-            assert s["feed"]["parse_errors"] == 0 and s["feed"]["slots_ok"] == 16
+            assert s["feed"]["parse_errors"] == 0 and s["feed"]["slots_ok"] == N_SLOTS
             assert s["positions"]["settled"] > 0
             assert s["positions"]["mismatches"] == 0
             p.send_signal(signal.SIGTERM)
