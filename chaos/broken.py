@@ -26,8 +26,8 @@ from pathlib import Path
 
 from chaos import checks
 from chaos.checks import Findings
-from chaos.row import ACK_DEADLINE_S, Options, Row
-from tests.supervisor.botctl import BROKEN, Bot, strategy_source
+from chaos.row import ACK_DEADLINE_S, Options, Row, strategy_source
+from tests.supervisor.botctl import BROKEN, Bot
 
 VERIFY_TIMEOUT_S = 10.0        # reload --timeout: the hanging import is killed after it
 AFTER_FLIP_CALLS = 64          # evaluations (4 ticks of 16 slots) before misbehaving

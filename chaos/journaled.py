@@ -17,9 +17,9 @@ import random
 from pathlib import Path
 
 from chaos import checks
-from chaos.row import Budget, Options, Row
+from chaos.row import Budget, Options, Row, strategy_source
 from sim import testing as sim_testing
-from tests.supervisor.botctl import Bot, strategy_source
+from tests.supervisor.botctl import Bot
 
 ENV = {"NOBLINK_POSITION_CRASH_AT": "after_journal"}
 ORDER_DEADLINE_S = 120.0       # a bet needs a slot late in its window with a cheap ask

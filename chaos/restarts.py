@@ -18,9 +18,9 @@ import subprocess
 import time
 
 from chaos import checks
-from chaos.row import ACK_DEADLINE_S, START_DEADLINE_S, Options, Row
+from chaos.row import ACK_DEADLINE_S, START_DEADLINE_S, Options, Row, strategy_source
 from sim import testing as sim_testing
-from tests.supervisor.botctl import Bot, strategy_source
+from tests.supervisor.botctl import Bot
 
 ORPHAN_DEADLINE_S = 20.0
 

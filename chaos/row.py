@@ -10,7 +10,24 @@ from dataclasses import dataclass, field
 
 from chaos import checks
 from chaos.checks import Findings
+from tests.supervisor import botctl
 from tests.supervisor.botctl import Bot
+
+# botctl's strategy bets Up at any ask below 0.9: about a coin flip for the whole stake,
+# whose random walk reaches the position worker's daily loss limit (-50 USDC) within a few
+# minutes, after which every intent is refused and an order fault has nothing to hit. The
+# chaos strategies bet only on the favourite (0.7 < ask < 0.9): the same flow of orders
+# with a third of the variance.
+_BET = "and 0 < view.up.ask < 0.9:"
+_FAVOURITE = "and 0.7 < view.up.ask < 0.9:"
+assert _BET in botctl.TEMPLATE
+
+
+def strategy_source(version: str, **kw: object) -> str:
+    """botctl's strategy (records every tick and its version history), betting on the
+    favourite only."""
+    return botctl.strategy_source(version, **kw).replace(_BET, _FAVOURITE)  # type: ignore[arg-type]
+
 
 RESTART_INTENSITY = 5          # supervisor/workers.py RestartPolicy: 5 restarts ...
 RESTART_PERIOD_S = 61.0        # ... in 60 s (one second of margin)

@@ -50,12 +50,13 @@ from chaos.row import (
     Body,
     Options,
     Row,
+    strategy_source,
 )
 from chaos.simfaults import reload_reconnect, sim_faults, sim_restart_scenario
 from chaos.soak import soak
 from sim import testing as sim_testing
 from supervisor.control_file import append_command, wait_for_ack
-from tests.supervisor.botctl import Bot, strategy_source
+from tests.supervisor.botctl import Bot
 
 
 def _flagged(version: str, tmp: Path) -> str:
@@ -274,10 +275,6 @@ SCENARIOS: dict[str, Body] = {
 }
 DEFAULT = tuple(n for n in SCENARIOS if n != "soak")    # `make chaos`; soak: `make chaos-soak`
 NEEDS_API = frozenset({"hostile-input"})
-# the test strategy loses money (the sim's books make a naive taker pay): at the default
-# 5 USDC a long scenario reaches the position worker's daily loss limit (-50) and every
-# later intent is refused, which would leave the order faults nothing to hit
-STAKE = 1.5
 ENVIRONMENT = {"position-kill-journaled": JOURNALED_ENV}       # for the whole bot
 SOURCES = {"position-kill-journaled": gated_source}         # the first strategy, else _flagged
 
@@ -324,7 +321,7 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False,
     os.environ.update(ENVIRONMENT.get(name, {}))
     try:
         bot = Bot(tmp, speed=opts.speed, strategy=SOURCES.get(name, _flagged)("chaos-a", tmp),
-                  args=(*api, "--seed", str(opts.seed), "--stake", str(STAKE)))
+                  args=(*api, "--seed", str(opts.seed)))
     finally:
         os.environ.clear()
         os.environ.update(saved)

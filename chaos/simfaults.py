@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from chaos import checks
 from chaos.checks import Findings
-from chaos.row import Options, Row
+from chaos.row import Options, Row, strategy_source
 from sim import testing as sim_testing
-from tests.supervisor.botctl import Bot, strategy_source
+from tests.supervisor.botctl import Bot
 
 FAULT_DEADLINE_S = 60.0
 REFUSE_S = 3.0                 # reload-reconnect: wall seconds the sim refuses new WebSockets

@@ -13,8 +13,8 @@ import random
 import time
 
 from chaos import checks, exchange
-from chaos.row import ACK_DEADLINE_S, Options, Row
-from tests.supervisor.botctl import Bot, strategy_source
+from chaos.row import ACK_DEADLINE_S, Options, Row, strategy_source
+from tests.supervisor.botctl import Bot
 
 SAMPLES = 10                   # resource samples over the run (besides start and end)
 
