@@ -31,11 +31,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import NoblinkError
 
+if TYPE_CHECKING:
+    from supervisor.arbiter import SupervisorConfig
 
-def _run(argv: list[str]) -> int:
+
+def run_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="noblink run", description="Run the whole bot.")
     ap.add_argument("--run-dir", type=Path, default=None)
     ap.add_argument("--config", type=Path, default=None,
@@ -54,6 +58,10 @@ def _run(argv: list[str]) -> int:
                     help="strategy params (JSON object; default: those of the version "
                     "that starts)")
     ap.add_argument("--stake", type=float, default=5.0)
+    ap.add_argument("--secret-file", type=Path, default=None, metavar="FILE",
+                    help="wallet and CLOB credentials (paper/live): a JSON file of this user, "
+                    "mode 0600, handed to the position worker only (else the NOBLINK_* "
+                    "environment variables)")
     ap.add_argument("--api", default="127.0.0.1:8787", metavar="HOST:PORT",
                     help="the HTTP API and dashboard (default 127.0.0.1:8787; port 0: any "
                     "free port); a non-loopback host needs --api-allow-remote")
@@ -62,7 +70,11 @@ def _run(argv: list[str]) -> int:
     ap.add_argument("--api-public-read", action="store_true",
                     help="GET routes without the token (mutating ones always need it)")
     ap.add_argument("--no-api", action="store_true", help="run without the HTTP API")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _run(argv: list[str]) -> int:
+    args = run_parser().parse_args(argv)
     if args.mode == "live" and not args.live:
         print("noblink run: --mode live trades real money and needs --live as well",
               file=sys.stderr)
@@ -83,16 +95,25 @@ def _run(argv: list[str]) -> int:
 
     from core.proc import setup_logging
     from state.run import default_run_dir
-    from supervisor.arbiter import Supervisor, SupervisorConfig
+    from supervisor.arbiter import Supervisor
 
     setup_logging(role="supervisor", run_dir=args.run_dir or default_run_dir())
-    cfg = SupervisorConfig(run_dir=args.run_dir or default_run_dir(), mode=args.mode,
+    return Supervisor(run_config(args)).run()
+
+
+def run_config(args: argparse.Namespace) -> SupervisorConfig:
+    """`noblink run`'s arguments as the supervisor's configuration."""
+    from state.run import default_run_dir
+    from supervisor.arbiter import SupervisorConfig
+
+    return SupervisorConfig(run_dir=args.run_dir or default_run_dir(), mode=args.mode,
                            live=args.live, speed=args.speed, seed=args.seed,
                            strategy=args.strategy, params=args.params, stake=args.stake,
                            api=None if args.no_api else args.api,
                            api_allow_remote=args.api_allow_remote,
-                           api_public_read=args.api_public_read)
-    return Supervisor(cfg).run()
+                           api_public_read=args.api_public_read,
+                           extra={"position": ["--secret-file", str(args.secret_file.resolve())]}
+                           if args.secret_file is not None else {})
 
 
 def _clean(argv: list[str]) -> int:
