@@ -51,7 +51,7 @@ from feed_worker.http import Response, Transport, retry_after_s
 from feed_worker.reference import ReferencePublisher
 from feed_worker.stats import FeedStats
 from state.control import ControlBlock
-from state.layout import MARKET_DT, TICK_DT, RefStatus, SlotStatus
+from state.layout import MARKET_DT, TICK_DT, RefStatus, SeriesStatus, SlotStatus
 from state.ring import RingWriter
 from state.table import TableWriter
 
@@ -380,6 +380,7 @@ class Scanner:
                 st = SlotStatus.NO_BOOK
         row["status"] = int(st)
         row["next_status"] = int(next_st)
+        row["series"] = int(_series_status(st, next_st, SeriesStatus(int(prev["series"]))))
         self._write_reference(row, slot, w)
         row["tick"] = self.tick
         row["updated_ns"] = mono
@@ -428,6 +429,19 @@ class Scanner:
             spent_wall = (self.clock.monotonic_ns() - t0) / 1e9
             floor = max(0.0, self.cfg.scan_min_wall_s - spent_wall) * self.clock.speed
             await _sleep_or_stop(self.clock, max(wait, floor), stop)
+
+
+def _series_status(st: SlotStatus, next_st: SlotStatus, prev: SeriesStatus) -> SeriesStatus:
+    """The series check rides on every scan (no extra request): Gamma is asked for the
+    current and the next window's market of every slot each tick, and production lists a
+    market a window ahead, so a series with neither is not listed. An error keeps what was
+    known."""
+    listed = (SlotStatus.OK, SlotStatus.NO_BOOK)
+    if st in listed or next_st in listed:
+        return SeriesStatus.LISTED
+    if st is SlotStatus.NOT_LISTED and next_st is SlotStatus.NOT_LISTED:
+        return SeriesStatus.NOT_LISTED
+    return prev
 
 
 async def _sleep_or_stop(clock: ClockLike, clock_s: float, stop: asyncio.Event) -> None:

@@ -7,13 +7,16 @@ Two kinds:
   connection), run by hooks the WebSocket servers register.
 
 The ``ws_*`` switches hit the Binance WebSocket, the ``rtds_*`` ones the RTDS (Chainlink)
-socket: ``rtds_stall`` takes RTDS symbols (``btc/usd``) or ``*``.
+socket: ``rtds_stall`` takes RTDS symbols (``btc/usd``) or ``*``. ``unlisted`` takes series
+labels (``["btc-5m"]``): Gamma then lists none of that series' markets (a configured series
+Polymarket does not run), the CLOB keeps the ones already known.
 
 Every switch is validated before anything changes, so a bad POST leaves the faults as they were.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ class Faults:
     rtds_stall: set[str] = field(default_factory=set)    # RTDS symbols, or "*" for all
     rtds_malformed: int = 0                              # next N RTDS data frames are malformed
     rtds_refuse_until: float = 0.0                       # monotonic; refuse new RTDS until then
+    unlisted: set[str] = field(default_factory=set)      # series ("btc-5m") Gamma does not list
     _hooks: dict[str, Callable[[Any], None]] = field(default_factory=dict, repr=False)
 
     def on_action(self, name: str, hook: Callable[[Any], None]) -> None:
@@ -66,6 +70,8 @@ class Faults:
             elif key in ("ws_refuse_s", "rtds_refuse_s"):
                 until = key.replace("_s", "_until")
                 updates[until] = time.monotonic() + _seconds(key, val)
+            elif key == "unlisted":
+                updates[key] = _series_set(val)
             elif key == "rest_error":
                 if val is None or val is False:
                     updates[key] = None
@@ -119,7 +125,7 @@ class Faults:
             "rest_target": list(self.rest_target), "order_reject": self.order_reject,
             "order_reject_count": self.order_reject_count, "order_delay_s": self.order_delay_s,
             "rtds_stall": sorted(self.rtds_stall), "rtds_malformed": self.rtds_malformed,
-            "rtds_refuse_s": round(rtds_refuse, 3),
+            "rtds_refuse_s": round(rtds_refuse, 3), "unlisted": sorted(self.unlisted),
         }
 
     # -- server side -------------------------------------------------------------------------
@@ -200,3 +206,11 @@ def _stall_set(val: Any, key: str = "ws_stall") -> set[str]:
         what = "symbol" if key == "rtds_stall" else "stream name"
         raise ValueError(f"{key} must be a {what}, '*', or a list of them")
     return {s.lower() if s != "*" else s for s in items}
+
+
+def _series_set(val: object) -> set[str]:
+    """``["btc-5m", "eth-15m"]``: series labels (asset slug, window)."""
+    if not isinstance(val, list) or not all(
+            isinstance(v, str) and re.fullmatch(r"[a-z0-9]{1,16}-(5m|15m)", v) for v in val):
+        raise ValueError("unlisted must be a list of series labels like \"btc-5m\"")
+    return set(val)

@@ -146,7 +146,7 @@ class MarketRegistry:
     def _exists(self, slot: Slot, start: int, now: float) -> bool:
         earliest = self.ctx.prices.earliest_ms // 1000
         return (start - slot.window_s <= now and start + slot.window_s + RETENTION_S > now
-                and start >= earliest)
+                and start >= earliest and slot.label not in self.ctx.faults.unlisted)
 
     def _materialize(self, slot: Slot, start: int, now: float) -> Market:
         slug = slot.slug(start)

@@ -33,6 +33,7 @@ from state.layout import (
     LaneAck,
     Outcome,
     PositionState,
+    SeriesStatus,
     SlotStatus,
 )
 from state.ring import RingReader
@@ -170,6 +171,7 @@ def _markets_info(t: TableReader) -> list[dict[str, Any]]:
         d["label"] = SLOTS[d["slot"]].label if d["slot"] < len(SLOTS) else "?"
         d["status"] = SlotStatus(d["status"]).name
         d["next_status"] = SlotStatus(d["next_status"]).name
+        d["series"] = SeriesStatus(d["series"]).name
         out.append(d)
     return out
 

@@ -127,6 +127,16 @@ class SlotStatus(enum.IntEnum):
     ERROR = 4           # the last scan failed; the row holds the previous good data
 
 
+class SeriesStatus(enum.IntEnum):
+    """Whether a configured series (asset x window) is listed on Gamma at all, as the
+    scanner saw it: NOT_LISTED when neither the current nor the next window's market exists
+    (a configured series Polymarket does not run), rather than a silently empty slot."""
+
+    UNKNOWN = 0         # not scanned yet, or only errors so far
+    LISTED = 1
+    NOT_LISTED = 2
+
+
 MARKET_DT = np.dtype([
     ("slot", "<u2"),
     ("status", "u1"),
@@ -144,7 +154,8 @@ MARKET_DT = np.dtype([
     ("updated_ns", "<i8"),
     ("next_status", "u1"),     # SlotStatus of the next window's market
     ("ref_status", "u1"),      # RefStatus of ref_price at this tick
-    ("_pad", "u1", (6,)),
+    ("series", "u1"),          # SeriesStatus of the slot's series (asset x window)
+    ("_pad", "u1", (5,)),
     # The reference (Chainlink on RTDS) the market resolves on. Times are the stream's own
     # observation times (payload.timestamp, clock ms), never our arrival time.
     ("ref_price", "<f8"),      # newest observation when the row was written (NaN: none)

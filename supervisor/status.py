@@ -40,6 +40,7 @@ from state.layout import (
     POSITION_STATS_DT,
     Decided,
     RefStatus,
+    SeriesStatus,
     SlotStatus,
     WorkerRole,
 )
@@ -141,6 +142,8 @@ class StatusWriter:
             out.append({"slot": s.index, "label": s.label,
                         "slug": decode_nul(m["slug"]),
                         "status": SlotStatus(int(m["status"])).name,
+                        # the series itself (asset x window) is listed on Gamma, or not
+                        "series": SeriesStatus(int(m["series"])).name,
                         "window_end": int(m["end_ts"]),
                         "up_ask": _num(m["up_ask"]), "down_ask": _num(m["down_ask"]),
                         "reference": _num(m["ref_price"]),

@@ -17,7 +17,7 @@ from feed_worker.config import FeedConfig
 from feed_worker.http import Response
 from feed_worker.scanner import Scanner, parse_book, parse_gamma_market
 from feed_worker.stats import FeedStats
-from state.layout import MARKET_DT, TICK_DT, SlotStatus
+from state.layout import MARKET_DT, TICK_DT, SeriesStatus, SlotStatus
 from state.ring import RingReader, RingWriter
 from state.table import TableReader, TableWriter
 
@@ -170,6 +170,8 @@ async def test_unlisted_markets_are_reported_not_fatal(segs, control):
     sc, _http, stats = make(segs, control, clock, pm)
     assert await sc.scan_once() == N_SLOTS
     assert all(SlotStatus(int(r["next_status"])) is SlotStatus.NOT_LISTED for r in rows(segs))
+    # only the next window is missing: the series are listed
+    assert {SeriesStatus(int(r["series"])) for r in rows(segs)} == {SeriesStatus.LISTED}
     pm.listed_until = T0 + 299               # now not even the current 5m ones
     clock.advance(5)
     sc._cache.clear()
@@ -177,6 +179,11 @@ async def test_unlisted_markets_are_reported_not_fatal(segs, control):
     st = [SlotStatus(int(r["status"])) for r in rows(segs)]
     assert ok == N_SLOTS // 2 and st.count(SlotStatus.NOT_LISTED) == N_SLOTS // 2
     assert stats.scan_errors == 0
+    # neither the current nor the next 5m market exists: those series are not listed
+    series = {s.label: SeriesStatus(int(r["series"])) for s, r in zip(SLOTS, rows(segs),
+                                                                       strict=True)}
+    assert {v for k, v in series.items() if k.endswith("-5m")} == {SeriesStatus.NOT_LISTED}
+    assert {v for k, v in series.items() if k.endswith("-15m")} == {SeriesStatus.LISTED}
 
 
 async def test_one_failing_slot_does_not_stop_the_others(segs, control):
