@@ -68,3 +68,23 @@ def test_a_two_asset_universe_runs_and_an_unlisted_series_says_so(tmp_path: Path
     assert out.returncode != 0
     assert "the universe changed (assets sol 5m/15m, hype 5m (reference candles)" in (
         out.stdout + out.stderr)
+
+
+def test_an_eight_asset_universe_runs_end_to_end(tmp_path: Path) -> None:
+    """More assets than the default: the default seven and link, 16 slots, every one
+    listed, scanned and evaluated."""
+    cfg = tmp_path / "eight.toml"
+    default = (Path(__file__).resolve().parents[2] / "noblink.toml").read_text()
+    cfg.write_text(default + '\n[[assets]]\nslug = "link"\ncandles = "binance:LINKUSDT"\n')
+    bot = Bot(tmp_path, args=("--no-api", "--config", str(cfg)))
+    try:
+        bot.wait_active()
+        st = bot.wait_ticks(2)
+        labels = [s["label"] for s in st["slots"]]
+        assert len(labels) == 16 and labels[-2:] == ["link-5m", "link-15m"]
+        assert {s["series"] for s in st["slots"]} == {"LISTED"}
+        assert bot.stop() == 0
+        assert len(ticks_of(bot.final_state())) >= 2
+    finally:
+        bot.kill_everything()
+    assert not bot.leftovers(), "segments left behind"
