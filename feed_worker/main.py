@@ -28,7 +28,7 @@ from core.clock import Clock, ClockLike
 from core.config import Endpoints, Mode, load_json
 from core.errors import OperatorError
 from core.logs import setup_logging
-from core.markets import KLINE_INTERVALS, SYMBOLS
+from core.markets import CANDLE_SYMBOLS, KLINE_INTERVALS, REFERENCE_CANDLE_IDS, SYMBOLS
 from core.proc import install_stop_signals, run_async
 from feed_worker.backfill import Backfiller, BinanceRest, sleep_wall
 from feed_worker.binance_ws import BinanceStream
@@ -37,6 +37,7 @@ from feed_worker.http import AiohttpTransport
 from feed_worker.klines import SYMBOL_ID
 from feed_worker.lifecycle import FEED_TRANSITIONS, ConnState, FeedState, StateMachine
 from feed_worker.publish import KlinePublisher
+from feed_worker.refcandles import ReferenceCandles, refring_records
 from feed_worker.reference import ReferencePublisher
 from feed_worker.rtds import RtdsStream
 from feed_worker.scanner import Scanner
@@ -117,9 +118,13 @@ class FeedWorker:
                                     self.clock, self.stats,
                                     on_connect=lambda why: self.backfill.request_all(why),
                                     on_state=self._on_conn_state)
+        self.refcandles = ReferenceCandles(segs.klines, self.windows, REFERENCE_CANDLE_IDS,
+                                           self.cfg.intervals)
+        self._resume_reference_candles()
         self.reference = ReferencePublisher(
             segs.refring, segs.reference, self.stats, self.cfg.rtds_symbols, self.cfg.slots,
-            self.clock.monotonic_ns, self.cfg.ref_stale_ms(self.clock.speed))
+            self.clock.monotonic_ns, self.cfg.ref_stale_ms(self.clock.speed),
+            on_observation=self.refcandles.observe)
         self._restore_prices_to_beat()
         self.rtds = RtdsStream(self.endpoints.rtds, self.cfg.rtds_symbols, self.cfg,
                                self.reference.handle, self.clock, self.stats,
@@ -129,6 +134,17 @@ class FeedWorker:
                                self.cfg, first_tick=first_tick,
                                reference=self.reference if self.cfg.rtds else None)
         self.stats.flush(segs.stats)
+
+    def _resume_reference_candles(self) -> None:
+        """Reference-sourced candles have no history endpoint: a restarted feed rebuilds the
+        candle in progress (and anything its rows lack) from the observations in refring."""
+        if not REFERENCE_CANDLE_IDS:
+            return
+        assert self.segs is not None
+        used = self.refcandles.resume(refring_records(self.segs.refring.path),
+                                      self.clock.now_ms())
+        log.info("reference candles (%s): %d observations replayed from refring",
+                 ", ".join(CANDLE_SYMBOLS[i] for i in REFERENCE_CANDLE_IDS), used)
 
     def _restore_prices_to_beat(self) -> None:
         """A restarted feed keeps the prices to beat its predecessor published (it may have

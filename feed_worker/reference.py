@@ -97,13 +97,17 @@ class ReferencePublisher:
 
     def __init__(self, ring: RingWriter, table: TableWriter, stats: FeedStats,
                  symbols: tuple[str, ...], slots: Iterable[Slot],
-                 mono_ns: Callable[[], int], stale_ms: int) -> None:
+                 mono_ns: Callable[[], int], stale_ms: int,
+                 on_observation: Callable[[int, int, float, int], None] | None = None) -> None:
         self.ring = ring
         self.table = table
         self.stats = stats
         self.asset_of = {s: i for i, s in enumerate(symbols)}
         self.mono_ns = mono_ns
         self.stale_ms = stale_ms
+        # (asset, observation ms, value, recv_ns) of every newer observation: the candles
+        # of reference-sourced assets are built from them (feed_worker/refcandles.py)
+        self.on_observation = on_observation
         slots = tuple(slots)
         self.ptb = PriceToBeat(slots, {s.asset: self.asset_of[s.chainlink] for s in slots})
         self._rec = np.zeros((), dtype=REF_DT)
@@ -146,6 +150,7 @@ class ReferencePublisher:
         self.ring.publish(rec)
         self.stats.rtds_updates += 1
         newest = self._newest.get(aid)
+        newer = False
         with self.table.update(aid) as row:
             row["count"] += 1
             if newest is not None and f.obs_ms <= newest[0]:
@@ -155,6 +160,9 @@ class ReferencePublisher:
                 row["sent_ms"], row["recv_ns"] = f.sent_ms, f.recv_ns
                 row["updated_ns"] = self.mono_ns()
                 self._newest[aid] = (f.obs_ms, f.value)
+                newer = True
+        if newer and self.on_observation is not None:
+            self.on_observation(aid, f.obs_ms, f.value, f.recv_ns)
         self.ptb.observe(aid, f.obs_ms, f.value)
 
     def on_disconnect(self) -> None:

@@ -1,9 +1,10 @@
 """A momentum strategy: the file a strategy author edits, then reloads.
 
 Late in a window, if the reference price (Chainlink, what the market resolves on) has moved
-clearly away from the price to beat, the recent moves agree, and Binance's latest 1m candle
-(the fast signal) points the same way (momentum), buy the side it is moving to, but only
-below a price that leaves an edge after the taker fee. No price to beat, or a stale
+clearly away from the price to beat, the recent moves agree, and the latest 1m candle
+(Binance's, the fast signal; built from the reference for HYPE) points the same way
+(momentum), buy the side it is moving to, but only below a price that leaves an edge after
+the taker fee. No price to beat, or a stale
 reference: no trade (the market would be decided on a number we do not know). The signal
 history (recent moves per slot) is the state that must survive a reload: it is snapshotted
 every cycle and handed to the successor.
@@ -31,7 +32,9 @@ class Strategy:
         move = view.move_from_price_to_beat
         if move is None:
             return None
-        fast = float(candles["close"][-1]) - float(candles["open"][-1])   # Binance, last 1m
+        # The last closed 1m candle: Binance's, or for a `reference` asset (HYPE) one built
+        # from the same Chainlink series as the move, a weaker confirmation (docs/markets.md).
+        fast = float(candles["close"][-1]) - float(candles["open"][-1])
         hist = self.history.setdefault(view.label, [])
         hist.append(move)
         del hist[:-20]

@@ -72,3 +72,13 @@ def kline_event(symbol: str, interval: str, t: int, now_ms: int, closed: bool,
     if combined:
         return orjson.dumps({"stream": f"{symbol.lower()}@kline_{interval}", "data": ev})
     return orjson.dumps(ev)
+
+
+def series_candle(series: dict[int, float], open_time: int, iv: int
+                  ) -> tuple[float, float, float, float, int] | None:
+    """(open, high, low, close, observations) of the candle ``[open_time, open_time + iv)``
+    built from a reference series ``{observation ms: value}``; None without observations."""
+    vals = [v for t, v in sorted(series.items()) if open_time <= t < open_time + iv]
+    if not vals:
+        return None
+    return vals[0], max(vals), min(vals), vals[-1], len(vals)

@@ -26,6 +26,7 @@ from core.markets import (
     CHAINLINK_SYMBOLS,
     INTERVAL_MS,
     KLINE_INTERVALS,
+    REFERENCE_CANDLE_IDS,
     SLOTS,
     SYMBOLS,
 )
@@ -35,6 +36,7 @@ from sim.testing import SimProcess, clear_faults, set_fault, start_sim
 from state.control import ControlBlock, WorkerSlot
 from state.layout import (
     FEED_STATS_DT,
+    KLINE_DT,
     MARKET_DT,
     REF_DT,
     REF_ROW_DT,
@@ -51,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEED = 60.0
 DEADLINE = 30.0                   # wall seconds; generous for a busy 2-core machine
 BINANCE_ROWS = len(SYMBOLS) * len(KLINE_INTERVALS)   # candle rows backfilled from Binance REST
+REF_ROWS = [sid * 3 + i for sid in REFERENCE_CANDLE_IDS for i in range(3)]   # built from RTDS
 
 
 @pytest.fixture(scope="module")
@@ -121,22 +124,31 @@ class Feed:
     def markets(self) -> np.ndarray:
         return self._table("markets", MARKET_DT)
 
-    def window_problems(self, min_count: int = 500, lag: int = 2) -> list[str]:
-        """Why the windows are not (yet) full, gap-free, closed-only and up to date."""
+    def window_problems(self, min_count: int = 500, lag: int = 2,
+                        ref_exact: bool = True) -> list[str]:
+        """Why the windows are not (yet) full, gap-free, closed-only and up to date.
+
+        A reference-sourced row (HYPE) has no history: it starts empty and fills as the feed
+        runs, so it needs only one 1m candle; its candles must be the sim's Chainlink series'
+        (exactly, or with ``ref_exact=False`` also partial or flat where the feed was down).
+        """
         if not self.paths.seg("windows").exists():
             return ["no windows segment"]
         now_ms = self.sim.clock.now_ms()
         out = []
         for r, row in enumerate(self.windows()):
             sym, iv_name = CANDLE_SYMBOLS[r // 3], KLINE_INTERVALS[r % 3]
-            if sym not in SYMBOLS:
-                continue                # candles built from the reference: no REST
+            ref = r in REF_ROWS
             iv = INTERVAL_MS[iv_name]
             n = int(row["count"])
             c = row["candles"][:n]
             latest = now_ms // iv * iv - iv
-            if n < min_count:
+            need = (1 if iv_name == "1m" else 0) if ref else min_count
+            before = len(out)
+            if n < need:
                 out.append(f"{sym}/{iv_name}: {n} candles")
+                continue
+            if n == 0:
                 continue
             if not (c["closed"] == 1).all():
                 out.append(f"{sym}/{iv_name}: holds a forming candle")
@@ -149,7 +161,60 @@ class Feed:
                 out.append(f"{sym}/{iv_name}: candle {last} presented closed before its end")
             if last < latest - lag * iv:
                 out.append(f"{sym}/{iv_name}: {(latest - last) // iv} candles behind")
+            if ref and len(out) == before:
+                out += reference_candle_problems(self.sim, r, c, partial_ok=not ref_exact)
         return out
+
+
+_SERIES: dict[tuple[str, str], dict[int, float]] = {}     # (sim, asset) -> {ts_ms: value}
+
+
+def reference_series(sim: SimProcess, asset: str, lo: int, hi: int) -> dict[int, float]:
+    """The sim's Chainlink series over [lo, hi] (seconds), cached: it never changes."""
+    cache = _SERIES.setdefault((sim.admin, asset), {})
+    missing = [t for t in range(lo, hi + 1) if t * 1000 not in cache]
+    while missing:
+        a, b = missing[0], min(missing[-1], missing[0] + 3599)
+        cache.update(sim_reference(sim, asset, a, b))
+        missing = [t for t in missing if t > b]
+    return cache
+
+
+def reference_candle_problems(sim: SimProcess, r: int, c: np.ndarray,
+                              partial_ok: bool = False) -> list[str]:
+    """Reference-sourced candles against candles computed from the sim's series: a full
+    candle (one observation per sim second) equal to it; with ``partial_ok``, one that missed
+    observations within the interval's values, and a flat one (trades 0) at the previous
+    close."""
+    sid, iv_name = divmod(r, 3)
+    iv = INTERVAL_MS[KLINE_INTERVALS[iv_name]]
+    name = f"{CANDLE_SYMBOLS[sid]}/{KLINE_INTERVALS[iv_name]}"
+    c = c[-(3600_000 // iv):]                      # the admin serves an hour at a time
+    if len(c) == 0:
+        return []
+    lo, hi = int(c["open_time"][0]) // 1000, (int(c["open_time"][-1]) + iv) // 1000 - 1
+    series = reference_series(sim, CHAINLINK_SYMBOLS[sid].split("/")[0], lo, hi)
+    out = []
+    for i, k in enumerate(c):
+        t = int(k["open_time"])
+        vals = [series[s * 1000] for s in range(t // 1000, (t + iv) // 1000)]
+        got = (float(k["open"]), float(k["high"]), float(k["low"]), float(k["close"]))
+        n = int(k["trades"])
+        if n == len(vals):
+            if got != (vals[0], max(vals), min(vals), vals[-1]):
+                out.append(f"{name} {t}: {got} is not the series' "
+                           f"{(vals[0], max(vals), min(vals), vals[-1])}")
+        elif not partial_ok:
+            out.append(f"{name} {t}: {n} observations of {len(vals)}")
+        elif n == 0:
+            if i and got != (float(c["close"][i - 1]),) * 4:
+                out.append(f"{name} {t}: flat candle {got} not at the previous close")
+        elif not (got[0] in vals and got[3] in vals and got[1] <= max(vals)
+                  and got[2] >= min(vals)):
+            out.append(f"{name} {t}: partial candle {got} outside the series")
+        if k["volume"] != 0:
+            out.append(f"{name} {t}: volume {k['volume']}")
+    return out
 
 
 def wait_for(cond: Callable[[], object], what: str, timeout: float = DEADLINE,
@@ -160,7 +225,8 @@ def wait_for(cond: Callable[[], object], what: str, timeout: float = DEADLINE,
         if v:
             return v
         if time.monotonic() > deadline:
-            extra = f"\nfeed log:\n{feed.log()[-3000:]}" if feed else ""
+            extra = (f"\nwindow problems: {feed.window_problems(ref_exact=False)}\nfeed log:\n"
+                     f"{feed.log()[-3000:]}") if feed else ""
             raise AssertionError(f"timed out waiting for {what}{extra}")
         time.sleep(0.05)           # polling interval of the condition above
 
@@ -185,8 +251,8 @@ def feed(run_paths: RunPaths, control: ControlBlock, sim: SimProcess) -> Iterato
         assert rc == 0, f"feed exited with {rc}:\n{f.log()[-3000:]}"
 
 
-def filled(feed: Feed) -> bool:
-    return not feed.window_problems()
+def filled(feed: Feed, ref_exact: bool = True) -> bool:
+    return not feed.window_problems(ref_exact=ref_exact)
 
 
 def sim_klines(sim: SimProcess, symbol: str, interval: str, start: int, limit: int) -> list:
@@ -321,6 +387,7 @@ def test_kill_9_and_restart_adopts_the_windows(feed: Feed, control: ControlBlock
              and control.tick()[0] > 5,
              "initial backfill and a few ticks")
     before = feed.stats()
+    had = feed.windows()["count"] > 0          # a reference row may still be empty
     oldest = feed.windows()["candles"][:, 0]["open_time"].copy()
     sim_t0 = feed.sim.clock.now_ms()
     feed.kill9()
@@ -330,9 +397,12 @@ def test_kill_9_and_restart_adopts_the_windows(feed: Feed, control: ControlBlock
              "the windows to fall behind while the feed is dead")
     tick_at_death = control.tick()[0]
     feed.start()
-    wait_for(lambda: filled(feed), "windows complete after the restart", feed=feed)
+    # the reference candles missed observations while no feed ran: partial or flat there
+    wait_for(lambda: filled(feed, ref_exact=False), "windows complete after the restart",
+             feed=feed)
     log = feed.log()
     assert "windows=adopted" in log and "rows reset" in log
+    assert "observations replayed from refring" in log
     # counters reach shared memory with the next heartbeat (0.25 s)
     after = wait_for(lambda: feed.stats()["gaps_filled"] > before["gaps_filled"] and
                      feed.stats(), "counters of the new process", feed=feed)
@@ -344,10 +414,10 @@ def test_kill_9_and_restart_adopts_the_windows(feed: Feed, control: ControlBlock
     now_oldest = feed.windows()["candles"][:, 0]["open_time"]
     elapsed_ms = feed.sim.clock.now_ms() - sim_t0
     iv = np.array([INTERVAL_MS[KLINE_INTERVALS[r % 3]] for r in range(len(CANDLE_SYMBOLS) * 3)])
-    shift = (now_oldest - oldest) // iv
+    shift = ((now_oldest - oldest) // iv)[had]
     # the same history, slid forward by no more than the candles that closed meanwhile (the
     # sim time that passed, however long a loaded machine took), not refetched from scratch
-    assert (shift >= 0).all() and (shift <= elapsed_ms // iv + 2).all(), (shift, elapsed_ms)
+    assert (shift >= 0).all() and (shift <= elapsed_ms // iv[had] + 2).all(), (shift, elapsed_ms)
     assert control.worker(WorkerSlot.FEED)["pid"] == feed.proc.pid
     # the strategy tick continues where it was, it does not start over
     wait_for(lambda: control.tick()[0] > tick_at_death + 3, "ticks after the restart")
@@ -439,6 +509,39 @@ def test_reference_and_price_to_beat_follow_the_sims_chainlink_series(feed: Feed
         ring.close()
     btc = recs[recs["asset_id"] == 0]["obs_ms"]
     assert len(btc) > 10 and (np.diff(btc) == 1000).all(), "no observation lost or repeated"
+
+
+def test_reference_candles_are_the_sims_chainlink_series(feed: Feed):
+    """HYPE has no Binance market: its 1m/5m candles are built from the RTDS stream and are
+    the candles of the sim's own Chainlink series, published like Binance's."""
+    sid = REFERENCE_CANDLE_IDS[0]
+    assert CANDLE_SYMBOLS[sid] == "HYPE/USD"
+    r1, r5 = REF_ROWS[0], REF_ROWS[1]
+    feed.start("--no-scanner")
+
+    def counts() -> tuple[int, int]:
+        w = feed.windows()
+        return int(w[r1]["count"]), int(w[r5]["count"])
+    wait_for(lambda: feed.paths.seg("windows").exists() and counts()[0] >= 6
+             and counts()[1] >= 1, "six HYPE 1m candles and a 5m one", feed=feed)
+    w = feed.windows()
+    one = w[r1]["candles"][:int(w[r1]["count"])]
+    five = w[r5]["candles"][:int(w[r5]["count"])]
+    assert (one["trades"] == 60).all() and (five["trades"] == 300).all()
+    assert (one["symbol_id"] == sid).all() and (one["interval_id"] == 0).all()
+    assert reference_candle_problems(feed.sim, r1, one) == []
+    assert reference_candle_problems(feed.sim, r5, five) == []
+    assert filled(feed), feed.window_problems()
+    # the klines ring carries them too, forming updates and closed candles, like Binance's
+    ring = RingReader(feed.paths.seg("klines"), KLINE_DT, readonly=True, start="oldest")
+    try:
+        recs = ring.poll(1 << 16).records
+    finally:
+        ring.close()
+    mine = recs[(recs["symbol_id"] == sid) & (recs["interval_id"] == 0)]
+    closed = mine[mine["closed"] == 1]
+    assert set(one["open_time"]) <= set(closed["open_time"])
+    assert (mine["closed"] == 0).sum() > len(closed)
 
 
 def test_rtds_drop_malformed_and_stall_are_survived(feed: Feed):
