@@ -2,7 +2,8 @@
 
 Start-up, in order (shut-down is the mirror):
 1. read run.json (run id) and, in sim mode, sim.json (endpoints and clock);
-2. create or adopt the five feed segments; reset torn rows; recover the windows;
+2. create or adopt the feed segments; reset torn rows; recover the windows; rebuild the
+   reference candles in progress from refring;
 3. attach the control block (created by the supervisor), register in the FEED slot;
 4. open the HTTP client; start the REST backfill (every row), the Binance stream, the RTDS
    (Chainlink reference) stream, the market scanner and the heartbeat.

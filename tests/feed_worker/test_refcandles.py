@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import orjson
 import pytest
 
-from core.markets import INTERVAL_MS, KLINE_INTERVALS, REFERENCE_CANDLE_IDS
+from core.markets import (
+    CHAINLINK_SYMBOLS,
+    INTERVAL_MS,
+    KLINE_INTERVALS,
+    REFERENCE_CANDLE_IDS,
+    SLOTS,
+)
 from feed_worker.refcandles import ReferenceCandles, refring_records
+from feed_worker.reference import ReferencePublisher
+from feed_worker.stats import FeedStats
 from feed_worker.windows import N_ROWS, RollingWindows, check_candles, row_index
-from state.layout import KLINE_DT, REF_DT, WINDOW_ROW_DT
+from state.layout import KLINE_DT, REF_DT, REF_ROW_DT, WINDOW_ROW_DT
 from state.ring import RingReader, RingWriter
 from state.table import TableReader, TableWriter
 
@@ -214,3 +223,32 @@ def test_an_empty_row_is_filled_from_refring_at_start(segs):
     assert list(one["open_time"]) == [T0, T0 + 60_000, T0 + 120_000]
     assert_matches(one, {int(r["obs_ms"]): float(r["value"]) for r in recs}, "1m")
     assert len(ring_records(ring)) == 0
+
+
+def test_the_reference_publisher_feeds_the_builder_newer_observations_only(segs, run_paths):
+    ring, table = segs
+    refring = RingWriter(run_paths.seg("refring"), REF_DT, 1024, name="refring")
+    reftable = TableWriter(run_paths.seg("reference"), REF_ROW_DT, len(CHAINLINK_SYMBOLS),
+                           name="reference")
+    try:
+        b, _ = builder(ring, table)
+        pub = ReferencePublisher(refring, reftable, FeedStats(), CHAINLINK_SYMBOLS, SLOTS,
+                                 lambda: 0, 10_000, on_observation=b.observe)
+        sym = CHAINLINK_SYMBOLS[AID]
+
+        def frame(t: int, v: float) -> bytes:
+            return orjson.dumps({"topic": "crypto_prices_chainlink", "type": "update",
+                                 "timestamp": t + 50,
+                                 "payload": {"symbol": sym, "timestamp": t, "value": v}})
+        series = {}
+        for t in range(T0, T0 + 2 * 60_000 + 1000, 1000):
+            series[t] = value(t)
+            pub.handle(frame(t, value(t)), 0)
+            pub.handle(frame(t - 3000, 1e6), 0)          # late: the builder never sees it
+        assert b.ignored == 0
+        assert_matches(window(table, "1m"), series, "1m")
+        assert len(window(table, "1m")) == 2
+    finally:
+        for s in (refring, reftable):
+            s.unlink()
+            s.close()
