@@ -54,10 +54,13 @@ SPEED = 60.0
 API = ("--api", "127.0.0.1:0")        # a free port: never collide with another bot's 8787
 SCHEMA = 1
 # --quick: enough of each phase to exercise it (the no-handoff replay needs 81 recorded ticks:
-# ~7 s at 60x), in about 100 s on 2 cores
-QUICK = {"reloads": 3, "rollbacks": 1, "wakeup_iterations": 30, "record_seconds": 10.0,
+# ~7 s at 60x), in about 70 s on 2 cores
+QUICK = {"reloads": 3, "rollbacks": 1, "wakeup_iterations": 30, "record_seconds": 8.0,
          "reaction_seconds": 6.0, "footprint_seconds": 5.0, "feed_seconds": 2.0,
-         "inprocess_reloads": 4, "ring_quick": True}
+         "inprocess_reloads": 4, "ring_quick": True, "ring_smoke": True}
+# --ring-smoke: every ring measurement, with counts too small to mean anything
+RING_SMOKE = ["--repeat", "1", "--count", "3000", "--warmup", "300", "--writer-count",
+              "100000", "--e2e-count", "100000", "--e2e-count-slow", "20000"]
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -329,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feed-seconds", type=float, default=10.0)
     ap.add_argument("--inprocess-reloads", type=int, default=inprocess.RELOADS)
     ap.add_argument("--ring-quick", action="store_true", help="bench.ring --quick")
+    ap.add_argument("--ring-smoke", action="store_true",
+                    help="bench.ring with tiny counts (the test suite's smoke run)")
     ap.add_argument("--keep-run-dirs", action="store_true")
     ap.add_argument("--results-dir", type=Path, default=RESULTS,
                     help="where latest.json, ring.json, feed.json and reload.json go")
@@ -358,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     details: dict[str, Any] = {}
     try:
         # 1. ring and feed, as their own targets run them
-        ring_args = ["--out", str(results / "ring.json"), *(["--quick"] if args.ring_quick
-                                                            else [])]
+        ring_args = ["--out", str(results / "ring.json"),
+                     *(["--quick"] if args.ring_quick else []),
+                     *(RING_SMOKE if args.ring_smoke else [])]
         if ph.run("ring", lambda: ring_bench.main(ring_args)) == 0:
             ring_res = orjson.loads((results / "ring.json").read_bytes())
             out["ring"] = ring_keys(ring_res)
