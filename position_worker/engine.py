@@ -60,6 +60,7 @@ from position_worker.journal import (
 from position_worker.keys import client_key, idem_key, order_metadata
 from position_worker.markets import MarketQuote, MarketsView
 from position_worker.positions import PositionStore
+from position_worker.reasons import RejectReason
 from position_worker.reconcile import Reconciler
 from position_worker.risk import Book, RiskConfig, Verdict, check, limit_price
 from position_worker.settle import Settler
@@ -249,19 +250,13 @@ class Engine:
                           ) -> tuple[Verdict, OrderRow | None]:
         """Check ``it`` and write its decision (and order) inside the open transaction.
         ``accepted``: the batch's orders so far, which the risk limits must count."""
-        now = self.clock.now()
-        verdict = fence(it, self.control.active_epoch, self.lane_epoch(it.lane),
-                        self.control.fence(it.lane)) or validate(it)
-        quote = None
-        if verdict is None:
-            quote = self.markets.quote(it.slot)
-            # has_order reads the journal inside this transaction: it sees the batch's rows
-            verdict = deduplicate(it, self.journal.has_order(idem_key(it.slot, it.window_start)),
-                                  self.traded_on_venue(it, quote))
-        if verdict is None:
-            verdict = check(it, quote, self.risk_book(now, accepted), self.cfg.risk,
-                            paused=self.paused(), now_s=now,
-                            now_mono_ns=self.clock.monotonic_ns(), speed=self.clock.speed)
+        try:
+            verdict, quote = self._verdict(it, accepted)
+        except (ValueError, TypeError, ArithmeticError, KeyError, IndexError) as e:
+            # A row or an intent the checks did not foresee refuses this intent only: raised
+            # out of the batch, it would roll the others back and crash-loop the worker on it.
+            log.exception("checking intent lane %d seq %d failed", it.lane, it.seq)
+            verdict, quote = Verdict(RejectReason.BAD_INTENT, f"check failed: {e!r}"), None
         order = None
         ck = client_key(it.slot, it.window_start) if verdict.ok else ""
         row = self.journal.record_intent(it, accepted=verdict.ok, reject=verdict.reason,
@@ -277,6 +272,23 @@ class Engine:
             self.journal.insert_order(order)
         self.journal.set_lane_cursor(it.lane, self.ring_ids.get(it.lane, 0), it.seq + 1)
         return verdict, order
+
+    def _verdict(self, it: Intent, accepted: Sequence[OrderRow]
+                 ) -> tuple[Verdict, MarketQuote | None]:
+        now = self.clock.now()
+        verdict = fence(it, self.control.active_epoch, self.lane_epoch(it.lane),
+                        self.control.fence(it.lane)) or validate(it)
+        quote = None
+        if verdict is None:
+            quote = self.markets.quote(it.slot)
+            # has_order reads the journal inside this transaction: it sees the batch's rows
+            verdict = deduplicate(it, self.journal.has_order(idem_key(it.slot, it.window_start)),
+                                  self.traded_on_venue(it, quote))
+        if verdict is None:
+            verdict = check(it, quote, self.risk_book(now, accepted), self.cfg.risk,
+                            paused=self.paused(), now_s=now,
+                            now_mono_ns=self.clock.monotonic_ns(), speed=self.clock.speed)
+        return verdict, quote
 
     def _decided(self, it: Intent, verdict: Verdict, order: OrderRow | None) -> None:
         """After the commit: publish the decision."""

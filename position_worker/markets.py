@@ -62,7 +62,7 @@ class MarketQuote:
                    up_bid=float(row["up_bid"]), down_bid=float(row["down_bid"]),
                    updated_ns=int(row["updated_ns"]), ref_price=float(row["ref_price"]),
                    ref_ms=int(row["ref_ms"]), price_to_beat=float(row["price_to_beat"]),
-                   tick_size=float(row["tick_size"]), min_size=float(row["min_size"]))
+                   tick_size=_known(row["tick_size"]), min_size=_known(row["min_size"]))
 
     @property
     def ok(self) -> bool:
@@ -115,3 +115,10 @@ class MarketsView:
         if self._t is not None:
             self._t.close()
             self._t = None
+
+
+def _known(v: object) -> float:
+    """A market parameter from the row: the scanner writes NaN when Gamma did not say; here
+    "not known" is 0, the one value every check treats as such."""
+    f = float(v)                    # type: ignore[arg-type]
+    return f if math.isfinite(f) and f > 0 else 0.0

@@ -80,7 +80,7 @@ def limit_price(max_price: float, tick: float) -> float:
     """The intent's max price on the market's tick grid, rounded DOWN (0 tick: unknown, as
     is). A BUY limit rounded to the nearest tick could pay more than the strategy allowed; the
     client library rounds to the nearest, so the engine hands it a price already on the grid."""
-    if tick <= 0:
+    if not (math.isfinite(tick) and tick > 0):     # not known: as is (NaN must not reach floor)
         return max_price
     return round(math.floor(max_price / tick + 1e-9) * tick, 10)
 

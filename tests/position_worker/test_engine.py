@@ -289,6 +289,28 @@ async def test_the_limit_is_the_max_price_rounded_down_to_the_market_tick(rig: R
     assert detail == "ask 0.58 > max 0.579 (on the 0.01 tick: 0.57)"
 
 
+async def test_a_market_without_a_tick_trades_and_a_failing_check_refuses_one_intent(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gamma without a tick size: the scanner writes NaN, which means "not known" (no
+    rounding), never a crash. An exception in one intent's checks refuses that intent only:
+    raised out of the batch it would roll back the others and crash-loop the worker."""
+    rig.markets.set(0, T0, up_ask=0.55, tick_size=float("nan"), min_size=float("nan"))
+    for slot in (1, 2):
+        rig.markets.set(slot, T0)
+    real = rig.engine.traded_on_venue
+
+    def boom(it: Intent, quote: object) -> bool:
+        if it.slot == 1:
+            raise ValueError("a row nobody foresaw")
+        return real(it, quote)                            # type: ignore[arg-type]
+
+    monkeypatch.setattr(rig.engine, "traded_on_venue", boom)
+    out = rig.engine.decide_all([intent(slot=s, seq=s, max_price=0.567) for s in range(3)])
+    assert [o is not None for o in out] == [True, False, True]
+    assert out[0].max_price == 0.567 and out[2].max_price == 0.56
+    assert rejected(rig) == {"BAD_INTENT": 1} and rig.control.decided(0) == 3
+
+
 async def test_window_over_and_min_size(rig: Rig) -> None:
     rig.markets.set(0, T0)
     rig.clock.advance(300)
