@@ -95,6 +95,18 @@ class Decision:
     max_price: float              # never pay more than this per share
     reason: str = ""
 
+    def problem(self) -> str:
+        """Why this decision cannot become an intent ("" when it can). The worker checks
+        it per slot, so one malformed decision costs its own slot, not the tick's batch."""
+        if self.outcome not in ("Up", "Down"):
+            return f"outcome {self.outcome!r} is not 'Up' or 'Down'"
+        if isinstance(self.max_price, bool) or not isinstance(self.max_price, int | float) \
+                or not (0.0 < self.max_price <= 1.0):
+            return f"max_price {self.max_price!r} is not a number in (0, 1]"
+        if not isinstance(self.reason, str):
+            return f"reason {self.reason!r} is not a string"
+        return ""
+
 
 class StrategyLike(Protocol):
     def evaluate(self, view: SlotView) -> Decision | None: ...

@@ -409,9 +409,12 @@ class StrategyWorker:
         for view in self.views.slot_views(rec, int(rec["tick_time_ms"]) / 1000):
             try:
                 d = instance.evaluate(view)                 # type: ignore[attr-defined]
-                if strict and d is not None and not isinstance(d, Decision):
-                    raise StrategyError(f"evaluate() returned {type(d).__name__} on "
-                                        f"{view.label}, not a Decision or None")
+                if d is not None and not isinstance(d, Decision):
+                    raise TypeError(f"evaluate() returned {type(d).__name__}, not a Decision "
+                                    "or None")
+                bad = d.problem() if d is not None else ""
+                if bad:
+                    raise ValueError(f"evaluate() returned a bad Decision: {bad}")
             except StrategyError:
                 raise
             except Exception as e:

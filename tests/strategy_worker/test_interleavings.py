@@ -8,7 +8,8 @@ from __future__ import annotations
 import orjson
 
 from core.clock import Clock
-from state.layout import LaneCommand
+from core.markets import N_SLOTS
+from state.layout import Decided, LaneCommand
 from strategy_worker.lifecycle import StrategyState as S
 from strategy_worker.loader import load_strategy
 from strategy_worker.worker import StrategyWorker
@@ -211,3 +212,47 @@ def test_no_flip_to_a_standby_that_died_after_the_handover(tmp_path, run_paths, 
                 c.proc.wait()
         snap.unlink()
         snap.close()
+
+
+MIXED = """
+SCHEMA_VERSION = 1
+from strategy_worker.api import Decision
+BAD = {0: Decision("Up", float("nan")), 1: Decision("Sideways", 0.5),
+       2: Decision("Up", 0.5, None), 3: "Up"}
+class Strategy:
+    def __init__(self, params):
+        self.armed = False             # the test arms the live instance after verification
+    def evaluate(self, view):
+        if self.armed and view.slot in BAD:
+            return BAD[view.slot]
+        return Decision("Down", 0.6, "fine")
+    def get_state(self):
+        return {}
+    def set_state(self, state):
+        pass
+"""
+
+
+def test_a_malformed_decision_costs_its_own_slot_not_the_ticks_batch(world):
+    """A Decision with a NaN price, an unknown outcome, a non-string reason, or no Decision
+    at all is that slot's error; every other slot's intent of the tick still goes out."""
+    control, feed, intents = world["control"], world["feed"], world["intents"]
+    w = mk(world, 1, 0, MIXED, "mixed.py")
+    try:
+        w.fsm.to(S.VERIFYING)
+        w.verify()
+        w.fsm.to(S.READY)
+        w.handoff(gen=0, tick=0, epoch=0)
+        control.set_active_epoch(1)
+        w.instance.armed = True
+        feed.tick()
+        loop_once(w)
+        got = intents.poll()
+        bad = {0, 1, 2, 3}
+        assert {i.slot for i in got} == set(range(N_SLOTS)) - bad
+        assert got and {i.reason for i in got} == {"fine"}
+        assert w.errors == len(bad)
+        assert {int(c) for c in control.lane(0)["decisions"][w.evaluated % 4][:4]} == {
+            int(Decided.ERROR)}
+    finally:
+        w.close()
