@@ -57,9 +57,12 @@ class PriceToBeat:
         self._lost.update(self.windows)
 
     def observe(self, aid: int, obs_ms: int, value: float) -> None:
-        """Feed one observation (in stream order). Older or repeated ones change nothing."""
+        """Feed one observation (in stream order). Repeated ones change nothing; an older
+        one changes only a price to beat taken from a later observation of the same window
+        (it arrived late, but it is the first at or after the start: the one that settles)."""
         prev = self._last.get(aid)
         if prev is not None and obs_ms <= prev:
+            self._earlier(aid, obs_ms, value)
             return
         lost = aid in self._lost
         for window_s in self.windows.get(aid, ()):
@@ -81,6 +84,15 @@ class PriceToBeat:
                 del known[old]
         self._last[aid] = obs_ms
         self._lost.discard(aid)
+
+    def _earlier(self, aid: int, obs_ms: int, value: float) -> None:
+        for window_s in self.windows.get(aid, ()):
+            start = obs_ms // 1000 // window_s * window_s
+            got = self._ptb[(aid, window_s)].get(start)
+            # only a known price (NaN stays NaN: whatever made it unknown, a late frame does
+            # not prove nothing else was lost), and only moving towards the start
+            if got is not None and math.isfinite(got[0]) and start * 1000 <= obs_ms < got[1]:
+                self._ptb[(aid, window_s)][start] = (value, obs_ms)
 
     def get(self, aid: int, window_s: int, start: int) -> tuple[float, int]:
         """(price to beat, its observation ms) of that window; (NaN, 0) when not known."""

@@ -102,6 +102,19 @@ def test_price_to_beat_is_the_first_observation_at_or_after_the_start():
     assert p.get(0, 300, W + 300)[0] == 13.0
 
 
+def test_the_observation_at_the_start_wins_even_when_it_arrives_late():
+    """Out of order: the start+1 s observation came first; the one stamped at the start,
+    arriving after it, is the one the market settles on."""
+    p = ptb_for_btc()
+    p.observe(0, (W - 1) * 1000, 10.0)
+    p.observe(0, (W + 1) * 1000, 12.0)
+    assert p.get(0, 300, W) == (12.0, (W + 1) * 1000)
+    p.observe(0, W * 1000, 11.0)                  # late, but the first at/after the start
+    assert p.get(0, 300, W) == (11.0, W * 1000) and p.get(0, 900, W) == (11.0, W * 1000)
+    p.observe(0, (W - 2) * 1000, 9.0)             # before the start: not this window's
+    assert p.get(0, 300, W) == (11.0, W * 1000)
+
+
 def test_price_to_beat_unknown_when_the_start_was_not_followed():
     p = ptb_for_btc()
     p.observe(0, (W + 5) * 1000, 11.0)           # joined 5 s after the start
