@@ -590,13 +590,22 @@ def _logged(what: str) -> Iterator[None]:
         log.exception("shutdown: %s failed", what)
 
 
+# The universe every run dir had before it was configurable (and run.json recorded it).
+LEGACY_UNIVERSE = {"assets": [{"slug": a, "candles": f"binance:{a.upper()}USDT"}
+                              for a in ("btc", "eth", "sol", "xrp", "doge", "bnb", "ada", "link")]}
+
+
 def _check_universe(run_dir: Path, doc: dict) -> None:
     """Refuse a run directory made with another universe: its journal, snapshot and segments
     number slots and assets in that universe's order."""
     recorded = doc.get("universe")
-    if recorded is None:
-        return
     now = current_universe()
+    if recorded is None:
+        # made before universes were configurable: its slots are the old built-in 8 assets.
+        # Only state that numbers slots matters (a journal, a saved strategy state).
+        if not ((run_dir / "journal.sqlite").exists() or (run_dir / SNAPSHOT_FILE).exists()):
+            return
+        recorded = LEGACY_UNIVERSE
     try:
         before = parse_universe(recorded, f"{run_dir}/run.json")
     except UniverseError:
@@ -604,10 +613,13 @@ def _check_universe(run_dir: Path, doc: dict) -> None:
     if before == now:
         return
     was = before.describe() if before is not None else "unreadable"
+    same = (f"run with the config this run dir was made with (--config {run_dir}/"
+            f"{UNIVERSE_FILE})" if recorded is not LEGACY_UNIVERSE else
+            "write those assets into a noblink.toml and run with --config (this run dir "
+            "predates configurable universes)")
     raise OperatorError(
         f"the universe changed (assets {was} in {run_dir}; now {now.describe()}): a new "
-        f"universe is a new layout; use a fresh run dir (--run-dir), or run with the config "
-        f"this run dir was made with (--config {run_dir}/{UNIVERSE_FILE})")
+        f"universe is a new layout; use a fresh run dir (--run-dir), or {same}")
 
 
 def _archive_sim_journal(old: RunPaths, doc: dict) -> None:
