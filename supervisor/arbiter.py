@@ -63,7 +63,7 @@ from supervisor.lanes import LaneConfig, Lanes
 from supervisor.reload import ReloadTimeouts
 from supervisor.sdnotify import Notifier
 from supervisor.status import StatusWriter
-from supervisor.workers import Child, ChildSpec, ChildState
+from supervisor.workers import Child, ChildSpec, ChildState, RestartPolicy
 
 log = logging.getLogger("supervisor")
 
@@ -94,6 +94,8 @@ class SupervisorConfig:
     api_allow_remote: bool = False
     api_public_read: bool = False
     extra: dict[str, list[str]] = field(default_factory=dict)   # per-child extra argv
+    restart: RestartPolicy = field(default_factory=RestartPolicy)   # every child's intensity
+    strategy_rss_limit_mb: float = 1024.0
 
 
 def _free_port_base(n: int = 6) -> int:
@@ -228,6 +230,8 @@ class Supervisor:
                                       probation_ticks=self.cfg.probation_ticks,
                                       probation_max_errors=self.cfg.probation_max_errors,
                                       timeouts=self.cfg.reload_timeouts,
+                                      restart=self.cfg.restart,
+                                      rss_limit_mb=self.cfg.strategy_rss_limit_mb,
                                       extra_argv=tuple(self.cfg.extra.get("strategy", []))),
                            self.control, self.snapshot, self._allocate_epoch, self._wake)
         self.desk = CommandDesk(self.paths, self.control, self.lanes, self._request_stop)
@@ -307,15 +311,17 @@ class Supervisor:
             specs.append(ChildSpec("sim", lambda: [
                 "-m", "sim", "--run-dir", rd, "--speed", str(self.cfg.speed), "--seed",
                 str(self.cfg.seed), "--port-base", str(self.sim_port_base),
-                *self._sim_start_args(), *ex.get("sim", [])]))
+                *self._sim_start_args(), *ex.get("sim", [])], policy=self.cfg.restart))
         specs.append(ChildSpec("feed", lambda: ["-m", "feed_worker", "--run-dir", rd, *mode,
                                                 *ex.get("feed", [])],
+                               policy=self.cfg.restart,
                                heartbeat_timeout=self.cfg.heartbeat_timeout))
         live = ["--live"] if self.cfg.live else []
         specs.append(ChildSpec("position", lambda: [
             "-m", "position_worker", "--run-dir", rd, *mode, *live, "--stake",
             str(self.cfg.stake), *ex.get("position", [])],
-            heartbeat_timeout=self.cfg.heartbeat_timeout, secrets=True))
+            policy=self.cfg.restart, heartbeat_timeout=self.cfg.heartbeat_timeout,
+            secrets=True))
         if self.cfg.api:
             # the HTTP API is a client of the file contract like the CLI: its own process,
             # so a slow client or a flood never touches this loop or a trading process

@@ -70,7 +70,23 @@ def run_parser() -> argparse.ArgumentParser:
     ap.add_argument("--api-public-read", action="store_true",
                     help="GET routes without the token (mutating ones always need it)")
     ap.add_argument("--no-api", action="store_true", help="run without the HTTP API")
+    ap.add_argument("--restart-intensity", type=_intensity, default=(5, 60.0),
+                    metavar="N/SECONDS", help="give up on a worker restarted N times within "
+                    "SECONDS (default 5/60; a dead feed or position worker then stops the bot)")
+    ap.add_argument("--strategy-rss-limit", type=float, default=1024.0, metavar="MB",
+                    help="kill a strategy worker over this resident size (default 1024)")
     return ap
+
+
+def _intensity(text: str) -> tuple[int, float]:
+    try:
+        n, _, secs = text.partition("/")
+        out = int(n), float(secs)
+    except ValueError:
+        out = (0, 0.0)
+    if out[0] < 1 or not 0 < out[1] <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N/SECONDS, e.g. 5/60")
+    return out
 
 
 def _run(argv: list[str]) -> int:
@@ -105,6 +121,7 @@ def run_config(args: argparse.Namespace) -> SupervisorConfig:
     """`noblink run`'s arguments as the supervisor's configuration."""
     from state.run import default_run_dir
     from supervisor.arbiter import SupervisorConfig
+    from supervisor.workers import RestartPolicy
 
     return SupervisorConfig(run_dir=args.run_dir or default_run_dir(), mode=args.mode,
                            live=args.live, speed=args.speed, seed=args.seed,
@@ -112,6 +129,9 @@ def run_config(args: argparse.Namespace) -> SupervisorConfig:
                            api=None if args.no_api else args.api,
                            api_allow_remote=args.api_allow_remote,
                            api_public_read=args.api_public_read,
+                           restart=RestartPolicy(intensity=args.restart_intensity[0],
+                                                 period=args.restart_intensity[1]),
+                           strategy_rss_limit_mb=args.strategy_rss_limit,
                            extra={"position": ["--secret-file", str(args.secret_file.resolve())]}
                            if args.secret_file is not None else {})
 

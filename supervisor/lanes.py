@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 
 from core.errors import SnapshotCorruptError, SnapshotEmptyError
 from core.proc import EXIT_BROKEN_CODE, NO_RESTART_EXITS
@@ -59,6 +60,13 @@ class LaneConfig:
     restart: RestartPolicy | None = None
     timeouts: ReloadTimeouts | None = None
     extra_argv: tuple[str, ...] = ()
+    # A strategy worker over this resident size is killed (a leak would take the VM, and
+    # with it the feed and the position worker); its restart then counts as a crash.
+    rss_limit_mb: float = 1024.0
+    # A slow crash loop (a strategy that hangs or leaks every few minutes never trips the
+    # restart intensity) also gives up: this many crash restarts in this many seconds.
+    crash_loop_restarts: int = 10
+    crash_loop_period: float = 900.0
 
 
 @dataclass
@@ -95,7 +103,9 @@ class Lanes:
         self.failed_for_good: str | None = None
         self.policy = cfg.restart or RestartPolicy()
         self._restart_times: collections.deque[float] = collections.deque()
+        self._slow_restarts: collections.deque[float] = collections.deque()
         self._restart_at = 0.0
+        self._rss_checked = [0.0] * N_LANES
         self._now = time.monotonic
         self.done_callbacks: list[Callable[[Reload, dict[str, Any]], None]] = []
         self._load_history()
@@ -234,9 +244,16 @@ class Lanes:
         if not self._restart_at:
             while self._restart_times and now - self._restart_times[0] > self.policy.period:
                 self._restart_times.popleft()
+            while self._slow_restarts and \
+                    now - self._slow_restarts[0] > self.cfg.crash_loop_period:
+                self._slow_restarts.popleft()
             if len(self._restart_times) >= self.policy.intensity:
                 self.failed_for_good = (f"{len(self._restart_times)} restarts in "
                                         f"{self.policy.period:.0f}s")
+            elif len(self._slow_restarts) >= self.cfg.crash_loop_restarts:
+                self.failed_for_good = (f"{len(self._slow_restarts)} restarts in "
+                                        f"{self.cfg.crash_loop_period:.0f}s")
+            if self.failed_for_good is not None:
                 log.error("strategy restarted too often (%s): giving up until an operator "
                           "reloads", self.failed_for_good)
                 return
@@ -249,6 +266,7 @@ class Lanes:
         if now >= self._restart_at:
             self._restart_at = 0.0
             self._restart_times.append(now)
+            self._slow_restarts.append(now)
             self.request(ReloadRequest("crash", self.current))
 
     # -- children -----------------------------------------------------------------------------
@@ -300,6 +318,26 @@ class Lanes:
                 log.error("strategy%d (pid %d) missed heartbeats for %.1fs: terminating",
                           lane, child.pid, age)
                 child.terminate()
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Kill a strategy worker whose resident size passed the limit (once a second per
+        lane: a /proc read). Any state, verification included: a leak at import counts."""
+        now = self._now()
+        for lane, child in enumerate(self.children):
+            if child is None or child.proc is None or child.proc.poll() is not None \
+                    or now - self._rss_checked[lane] < 1.0:
+                continue
+            self._rss_checked[lane] = now
+            try:
+                rss_mb = psutil.Process(child.pid).memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            if rss_mb > self.cfg.rss_limit_mb:
+                log.error("strategy%d (pid %d) uses %.0f MB, over the %.0f MB limit: killing "
+                          "it (a leak in the strategy?)", lane, child.pid, rss_mb,
+                          self.cfg.rss_limit_mb)
+                child.kill()
 
     def spawn_standby(self, d: Deployment, r: Reload) -> tuple[int, int]:
         """Start a worker for ``d`` on the free lane with a new epoch. The lane is free: a
