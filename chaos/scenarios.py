@@ -321,7 +321,8 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False,
     os.environ.update(ENVIRONMENT.get(name, {}))
     try:
         bot = Bot(tmp, speed=opts.speed, strategy=SOURCES.get(name, _flagged)("chaos-a", tmp),
-                  args=(*api, "--seed", str(opts.seed)))
+                  args=(*api, "--seed", str(opts.seed), "--restart-intensity",
+                        f"{RESTART_INTENSITY}/{RESTART_PERIOD_S - 1:.0f}"))
     finally:
         os.environ.clear()
         os.environ.update(saved)
