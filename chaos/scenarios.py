@@ -281,8 +281,8 @@ SOURCES = {"position-kill-journaled": gated_source}         # the first strategy
 
 def final_checks(bot: Bot, row: Row, admin: str, before: dict) -> None:
     """After the scenario, the bot still up: orders settled in the journal, candle windows
-    and the ledger against the sim (within one simulated world), resources against the
-    start."""
+    (within one sim process) and the ledger (kept across sim restarts) against the sim,
+    resources against the start."""
     f = row.findings
     f.merge(checks.check_in_flight_resolved(bot, admin))
     f.merge(checks.check_orders(bot, admin, row.earlier_orders))  # the sim stops with the bot
@@ -293,10 +293,10 @@ def final_checks(bot: Bot, row: Row, admin: str, before: dict) -> None:
         f.stats.update(windows.stats)
         row.notes.extend(f"(sim restarted {row.sim_restarts}x, not a finding) {p}"
                          for p in windows.problems)
-        row.notes.append("ledger not compared: the sim was restarted (a new exchange)")
     else:
         f.merge(windows)
-        f.merge(exchange.check_ledger(bot, admin))
+    # a restarted sim keeps the run's ledger (sim/ledger.py): compared after restarts too
+    f.merge(exchange.check_ledger(bot, admin))
     refused = sum(1 for i in bot.journal_intents() if "PnL" in (i.get("detail") or ""))
     if refused:
         row.notes.append(f"{refused} intents refused by the daily loss limit")

@@ -32,6 +32,7 @@ from sim.context import SimConfig, SimContext
 from sim.exchange import Exchange
 from sim.faults import Faults
 from sim.gamma import Gamma
+from sim.ledger import LedgerError, LedgerStore, current_run_id
 from sim.markets import MarketRegistry
 from sim.orderlog import OrderLog
 from sim.prices import PriceModel
@@ -78,13 +79,25 @@ class SimApp:
         self._started = True
         cfg = self.config
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        clock = Clock.accelerated(cfg.speed, cfg.start)
+        clock = (Clock.accelerated(cfg.speed, cfg.start) if cfg.start_wall is None else
+                 Clock(speed=cfg.speed, wall_epoch=cfg.start_wall, sim_epoch=cfg.start))
         prices = PriceModel(cfg.seed, clock.now())
         ctx = SimContext(config=cfg, clock=clock, prices=prices, faults=Faults(),
                          order_log=OrderLog())
         ctx.chainlink = ChainlinkModel(prices)
         ctx.markets = MarketRegistry(ctx)
         ctx.exchange = Exchange(ctx)
+        # A sim restarted on the same run (the supervisor restarts a dead one) is the same
+        # exchange: the accounts, their credentials and their ledger come back.
+        # ctx.ledger is set after the load, so the restore itself saves nothing half-done.
+        store = LedgerStore(cfg.run_dir, cfg.seed, current_run_id(cfg.run_dir))
+        try:
+            store.load(ctx.exchange)
+        except LedgerError:
+            with contextlib.suppress(OSError):      # kept for a look, never loaded again
+                os.replace(store.path, store.path.with_name(store.path.name + ".bad"))
+            ctx.exchange = Exchange(ctx)
+        ctx.ledger = store
         self.ctx = ctx
         self._ws = BinanceWs(ctx)
         self._rtds = Rtds(ctx)
@@ -146,6 +159,8 @@ class SimApp:
         if self._rtds is not None:
             await self._rtds.stop()
         await self._cleanup_runners()
+        if self.ctx is not None:
+            self.ctx.save_ledger()
 
     async def _cleanup_runners(self) -> None:
         # Sequential and reversed: admin goes first, the feed last.

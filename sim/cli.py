@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=float, default=None,
                    help="sim time at start, unix seconds (default: now); fixes every price "
                         "together with --seed")
+    p.add_argument("--start-wall", type=float, default=None,
+                   help="wall time (unix s) at which the sim time is --start (default: the "
+                        "sim's start); a restarted sim given the dead one's clock continues "
+                        "it exactly")
     p.add_argument("--weight-limit", type=int, default=6000,
                    help="Binance REST weight budget per sim minute")
     p.add_argument("--ping-interval", type=float, default=None,
@@ -55,6 +59,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = SimConfig(speed=args.speed, seed=args.seed, port_base=args.port_base,
                         run_dir=args.run_dir or default_run_dir(), start=args.start,
+                        start_wall=args.start_wall,
                         weight_limit=args.weight_limit, ping_interval_s=args.ping_interval,
                         pong_timeout_s=args.pong_timeout, balance=args.balance,
                         resolve_lag_s=args.resolve_lag)

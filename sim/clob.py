@@ -171,6 +171,8 @@ class Clob:
         except Exception:          # the last resort: a logged JSON 500, never a crash
             log_unexpected(log, request)
             resp = json_response({"error": "internal server error"}, 500)
+        # Before the reply leaves: what the client learns is on disk (sim/ledger.py).
+        self.ctx.save_ledger()
         if entry is not None:
             entry["status"] = resp.status
             delay = self.ctx.faults.order_delay_s

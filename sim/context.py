@@ -15,6 +15,7 @@ from state.run import default_run_dir
 if TYPE_CHECKING:
     from sim.chainlink import ChainlinkModel
     from sim.exchange import Exchange
+    from sim.ledger import LedgerStore
     from sim.markets import MarketRegistry
 
 KLINE_UPDATE_SIM_S = 2.0      # Binance sends a kline update about every 2 s
@@ -31,6 +32,10 @@ class SimConfig:
     port_base: int = 0
     run_dir: Path = field(default_factory=default_run_dir)
     start: float | None = None           # sim epoch (unix s); None = now
+    # wall time (unix s) at which the sim time is ``start``; None = the moment the sim starts.
+    # A restarted sim given the dead one's (start, start_wall) runs exactly its clock, which
+    # every other process still holds; ``start`` alone lags it by the start-up time x speed.
+    start_wall: float | None = None
     weight_limit: int = 6000             # Binance REST weight per (sim) minute
     ping_interval_s: float | None = None  # wall s; None = 20 s of sim time, >= 0.25 s wall
     pong_timeout_s: float | None = None   # wall s; None = 60 s of sim time, >= 5 s wall
@@ -40,6 +45,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         if not self.speed > 0:
             raise ValueError("speed must be > 0")
+        if self.start_wall is not None and self.start is None:
+            raise ValueError("--start-wall needs --start")
         if self.port_base < 0 or self.port_base > 65535 - 5:
             raise ValueError("port base must be 0 or a port with 5 free ports above it")
 
@@ -71,3 +78,9 @@ class SimContext:
     markets: MarketRegistry | None = None
     exchange: Exchange | None = None
     chainlink: ChainlinkModel | None = None
+    ledger: LedgerStore | None = None     # None: nothing persisted (in-process tests)
+
+    def save_ledger(self) -> None:
+        """Persist the exchange's ledger if it changed (a no-op without a store)."""
+        if self.ledger is not None and self.exchange is not None:
+            self.ledger.flush(self.exchange)

@@ -155,6 +155,12 @@ class Exchange:
         self._rng = random.Random(ctx.config.seed)
         self._seq = 0
         self.max_accounts = MAX_ACCOUNTS
+        # Bumped by every change of what ``snapshot`` holds, so the ledger file (sim/ledger.py)
+        # is rewritten only when something it keeps changed.
+        self.version = 0
+
+    def changed(self) -> None:
+        self.version += 1
 
     # -- accounts ----------------------------------------------------------------------------
 
@@ -179,6 +185,7 @@ class Exchange:
                 balance_u=round(self.ctx.config.balance * U))
             self.by_address[key] = acc
             self.by_key[acc.api_key] = acc
+            self.changed()
         return acc
 
     def touch(self, acc: Account) -> None:
@@ -192,6 +199,7 @@ class Exchange:
             if not acc.active:
                 del self.by_address[key]
                 self.by_key.pop(acc.api_key, None)
+                self.changed()
                 return
         log.warning("account limit: %d active accounts, refusing a new one", len(self.by_address))
         raise AccountLimit(f"too many accounts (the simulator keeps {self.max_accounts})")
@@ -216,6 +224,83 @@ class Exchange:
                         "settlements": list(acc.settlements),
                         "open_orders": sum(1 for o in self.live.values() if o.account is acc)})
         return out
+
+    # -- persistence (sim/ledger.py) -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a restarted sim needs to be the same exchange: the accounts (credentials,
+        balances, positions, settlements), the orders (lookups, and duplicate refusal of a
+        resent order) and the trades. Books' taken liquidity, last prices and volumes are
+        left out: they refill and move on within seconds of sim time."""
+        reg = self.ctx.markets
+        slugs = {o.market.slug for o in self.orders.values()}
+        if reg is not None:            # a position outlives its orders only until settlement
+            for acc in self.by_address.values():
+                slugs.update(m.slug for t in acc.positions
+                             if (m := reg.token(t)) is not None)
+        return {
+            "seq": self._seq,
+            "accounts": [{"address": a.address, "api_key": a.api_key, "secret": a.secret,
+                          "passphrase": a.passphrase, "balance_u": a.balance_u,
+                          "positions": {t: q for t, q in a.positions.items() if q},
+                          "settlements": list(a.settlements), "active": a.active}
+                         for a in self.by_address.values()],
+            "markets": sorted(slugs),
+            "orders": [{"id": o.id, "address": o.account.address, "slug": o.market.slug,
+                        "token": o.token, "side": o.side, "price_c": o.price_c,
+                        "order_type": o.order_type, "maker_amount_u": o.maker_amount_u,
+                        "taker_amount_u": o.taker_amount_u, "size_u": o.size_u,
+                        "created": o.created, "expiration": o.expiration,
+                        "matched_u": o.matched_u, "status": o.status,
+                        "trade_ids": o.trade_ids, "live": o.id in self.live}
+                       for o in self.orders.values()],
+            "trades": self.trades,
+        }
+
+    def restore(self, doc: dict[str, Any]) -> None:
+        """Rebuild the ledger of ``snapshot`` (raises KeyError/TypeError/ValueError on a bad
+        document). Call before serving. The markets it names are materialised now: one
+        whose window ended while the sim was down closes and resolves at once, settling the
+        positions restored just before, as the dead sim would have."""
+        assert not self.by_address and not self.orders, "restore() into a used exchange"
+        for a in doc["accounts"]:
+            acc = Account(address=str(a["address"]), api_key=str(a["api_key"]),
+                          secret=str(a["secret"]), passphrase=str(a["passphrase"]),
+                          balance_u=int(a["balance_u"]),
+                          positions={str(t): int(q) for t, q in a["positions"].items()},
+                          active=bool(a["active"]))
+            acc.settlements.extend(a["settlements"])
+            self.by_address[acc.address.lower()] = acc
+            self.by_key[acc.api_key] = acc
+        self._seq = int(doc["seq"])
+        reg = self.ctx.markets
+        now = self.ctx.clock.now()
+        markets: dict[str, Market] = {}
+        for slug in doc["markets"]:
+            m = reg.get(slug, now) if reg is not None else None
+            if m is not None:          # None: forgotten (past retention) while the sim was down
+                markets[slug] = m
+        for d in doc["orders"]:
+            m, acc = markets.get(d["slug"]), self.by_address.get(str(d["address"]).lower())
+            if m is None or acc is None:
+                continue
+            o = Order(str(d["id"]), acc, m, str(d["token"]), str(d["side"]), int(d["price_c"]),
+                      str(d["order_type"]), int(d["maker_amount_u"]),
+                      int(d["taker_amount_u"]), int(d["size_u"]), float(d["created"]),
+                      int(d["expiration"]), int(d["matched_u"]), str(d["status"]),
+                      [str(t) for t in d["trade_ids"]])
+            self.orders[o.id] = o
+            if d["live"]:
+                if m.trading_closed:   # its window ended while the sim was down
+                    o.status = "CANCELED"
+                else:
+                    self.live[o.id] = o
+        known = {m.condition_id for m in markets.values()}
+        for t in doc["trades"]:
+            if isinstance(t, dict) and t.get("market") in known:
+                self.trades.append(t)
+                self.trades_by_id[t["id"]] = t
+        self.changed()
 
     # -- books ---------------------------------------------------------------------------------
 
@@ -363,6 +448,7 @@ class Exchange:
                              "filled or killed if no match is found.")
         self.orders[oid] = o
         acc.active = True
+        self.changed()
         trades = [self._fill(o, c, q, now, taker=True, consume_at=c) for c, q in fills]
         if by_dollars:
             o.size_u = o.matched_u              # a dollar-sized order is for what it bought
@@ -423,6 +509,7 @@ class Exchange:
             acc.balance_u += cost - fee
             acc.positions[o.token] = acc.positions.get(o.token, 0) - q
         o.matched_u += q
+        self.changed()
         if consume_at is not None:      # crowd liquidity that traded is gone for a while
             self._consume(m, o.token, "ask" if o.side == "BUY" else "bid", consume_at, q, now)
         self._last_price[o.token] = cents
@@ -485,10 +572,13 @@ class Exchange:
     def _drop(self, o: Order) -> None:
         self.live.pop(o.id, None)
         o.status = "CANCELED"
+        self.changed()
 
     def heartbeat(self, acc: Account) -> dict[str, Any]:
         acc.heartbeat_at = time.monotonic()
-        acc.active = True
+        if not acc.active:
+            acc.active = True
+            self.changed()
         return {"heartbeat_id": str(uuid.uuid4()), "error": None}
 
     # -- market lifecycle hooks ----------------------------------------------------------------
@@ -496,6 +586,9 @@ class Exchange:
     def on_market_closed(self, m: Market) -> None:
         for o in [o for o in self.live.values() if o.market is m]:
             self._drop(o)
+        # A market can close or resolve inside any request that looks it up (Gamma, admin),
+        # not only in the market tick: save here, before that request's reply.
+        self.ctx.save_ledger()
 
     def on_market_resolved(self, m: Market) -> None:
         now = self.ctx.clock.now()
@@ -511,6 +604,8 @@ class Exchange:
                                         "outcome": m.outcome_of(token), "winner": m.outcome,
                                         "shares": fmt_u(q), "payout": fmt_u(payout),
                                         "time": now})
+                self.changed()
+        self.ctx.save_ledger()
 
     def on_market_forgotten(self, m: Market) -> None:
         for oid in [oid for oid, o in self.orders.items() if o.market is m]:
@@ -525,6 +620,7 @@ class Exchange:
         self._volume.pop(m.slug, None)
         for token in m.tokens():
             self._last_price.pop(token, None)
+        self.changed()
 
     # -- background ----------------------------------------------------------------------------
 
@@ -540,6 +636,7 @@ class Exchange:
                 self.tick(now, now - last)
             except Exception:                       # one bad order must not stop the rest
                 log.exception("exchange tick failed")
+            self.ctx.save_ledger()                  # crowd fills, dead-man cancels
             last = now
 
     def tick(self, now: float, dt: float) -> None:

@@ -186,6 +186,7 @@ class MarketRegistry:
                 self.tick(clock.now())
             except Exception:                  # keep the markets moving whatever happens
                 log.exception("market tick failed")
+            self.ctx.save_ledger()             # closes cancel orders, resolutions settle
             await asyncio.sleep(period)
 
     def tick(self, now: float) -> None:
