@@ -333,8 +333,15 @@ class Supervisor:
         return specs
 
     def _sim_start_args(self) -> list[str]:
-        # A restarted sim continues the same clock, so every worker's Clock stays right.
-        return ["--start", repr(self.sim_clock.now())] if self.sim_clock else []
+        # A restarted sim continues the same clock, so every worker's Clock stays right: the
+        # same line (epochs), not "now" at spawn time, which would lag by the sim's start-up
+        # x speed at every restart (a growing lag that made every reference look stale).
+        c = self.sim_clock
+        if c is None:
+            return []
+        if c.speed != self.cfg.speed:          # a warm start at another speed: a new line
+            return ["--start", repr(c.now())]
+        return ["--start", repr(c.sim_epoch), "--start-wall", repr(c.wall_epoch)]
 
     def start_children(self) -> None:
         """Start every long-lived child in order, each ready before the next one starts;
