@@ -24,6 +24,7 @@ from supervisor.control_file import (
     COMMANDS,
     ID_RE,
     CommandSpec,
+    IdReused,
     append_command,
     json_type,
     parse_command,
@@ -97,10 +98,10 @@ async def send(control_json: Path, name: str, args: dict[str, Any],
     try:
         return await loop.run_in_executor(None, functools.partial(
             append_command, control_json, name, args, id=key, idempotent=key is not None))
+    except IdReused:
+        raise ApiError(422, f"Idempotency-Key {key!r} was already used for a different "
+                       "command", field="Idempotency-Key") from None
     except InputError as e:
-        if key is not None and "already used" in str(e):
-            raise ApiError(422, f"Idempotency-Key {key!r} was already used for a different "
-                           "command", field="Idempotency-Key") from None
         raise ApiError(400, str(e), field="args") from None
     except OperatorError as e:
         raise ApiError(503, str(e)) from None

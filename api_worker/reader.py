@@ -133,7 +133,8 @@ class ReloadLog:
             with open(self.path, "rb") as f:
                 end = os.fstat(f.fileno()).st_size
                 pos, data = end, b""
-                while pos > 0 and data.count(b"\n") <= n:
+                # update lines are not records: read on until n records (or the start)
+                while pos > 0 and data.count(b"\n") - data.count(b'"update"') <= n:
                     step = min(block, pos)
                     pos -= step
                     f.seek(pos)

@@ -618,6 +618,10 @@ def _replace(path: Path, data: bytes) -> None:
         raise
 
 
+class IdReused(InputError):
+    """An id (an HTTP Idempotency-Key) already used for another command or other args."""
+
+
 def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | None = None,
                    keep: int = 50, max_bytes: int = MAX_BYTES, idempotent: bool = False) -> str:
     """Append one command to control.json and return its id (default: a fresh uuid4 hex).
@@ -657,8 +661,8 @@ def append_command(path: Path, cmd: str, args: dict | None = None, *, id: str | 
                 used = _used_digest(before, path.with_name(LEDGER_NAME), command.id)
                 if used is not None:
                     if used != command.digest():
-                        raise InputError(f"id {command.id!r} was already used for a "
-                                         "different command")
+                        raise IdReused(f"id {command.id!r} was already used for a "
+                                       "different command")
                     return command.id               # a retry: the first one stands
             new = command.to_json()
             if len(_encode([new])) > max_bytes:

@@ -218,12 +218,11 @@ async def test_an_idempotency_key_makes_a_retry_wait_for_the_first_command(
     first = asyncio.create_task(client.post("/api/pause", headers=key))
     cmds = await until(run.control_commands)
     retry = asyncio.create_task(client.post("/api/pause", headers=key))
-    await asyncio.sleep(0.05)
-    assert [c["id"] for c in run.control_commands()] == ["deploy-42"]   # written once
     run.ack("deploy-42", "pause")
     a, b = await first, await retry
     assert a.status == b.status == 200 and (await a.json()) == (await b.json())
     assert [c["id"] for c in cmds] == ["deploy-42"]
+    assert [c["id"] for c in run.control_commands()] == ["deploy-42"]   # written once
     r = await client.post("/api/resume", headers=key)
     assert r.status == 422 and (await r.json())["field"] == "Idempotency-Key"
     r = await client.post("/api/pause", headers={**AUTH, "Idempotency-Key": "../x"})

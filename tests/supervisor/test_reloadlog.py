@@ -25,3 +25,12 @@ def test_updates_apply_to_their_record_for_every_reader(tmp_path: Path) -> None:
     assert log.find("c1")["probation"] == "passed" and log.find("r1")["result"] == "ok"
     assert [r["id"] for r in log.tail(50)] == ["r1", "r2"]
     assert log.tail(50)[0]["probation"] == "passed"
+
+
+def test_the_api_tail_counts_records_not_update_lines(tmp_path: Path) -> None:
+    for i in range(3):
+        reloadlog.append(tmp_path, {"id": f"r{i}", "result": "ok", "probation": "running"})
+        reloadlog.append(tmp_path, {"id": f"r{i}", "update": {"probation": "passed"}})
+    log = ReloadLog(tmp_path / reloadlog.FILE_NAME)
+    tail = log.tail(2, block=40)                     # small blocks: several reads back
+    assert [(r["id"], r["probation"]) for r in tail] == [("r1", "passed"), ("r2", "passed")]
