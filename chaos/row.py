@@ -19,7 +19,11 @@ from tests.supervisor.botctl import Bot
 # chaos strategies bet only on the favourite (0.7 < ask < 0.9): the same flow of orders
 # with a third of the variance.
 _BET = "and 0 < view.up.ask < 0.9:"
-_FAVOURITE = "and 0.7 < view.up.ask < 0.9:"
+# the favourite only, and only where the position worker can trade: a known price to beat
+# and a fresh reference (else every intent is refused STALE_REFERENCE, e.g. the first window
+# after a start, and a scenario waiting for an order waits in vain)
+_FAVOURITE = ("and 0.7 < view.up.ask < 0.9 and view.price_to_beat == view.price_to_beat "
+              "and not view.reference_stale:")
 assert _BET in botctl.TEMPLATE
 
 

@@ -104,6 +104,9 @@ class Lanes:
         self.policy = cfg.restart or RestartPolicy()
         self._restart_times: collections.deque[float] = collections.deque()
         self._slow_restarts: collections.deque[float] = collections.deque()
+        # at least twice the fast budget: an operator who allows 20 restarts a minute does
+        # not mean 10 in 15 minutes
+        self._slow_limit = max(cfg.crash_loop_restarts, 2 * self.policy.intensity)
         self._restart_at = 0.0
         self._rss_checked = [0.0] * N_LANES
         self._now = time.monotonic
@@ -250,7 +253,7 @@ class Lanes:
             if len(self._restart_times) >= self.policy.intensity:
                 self.failed_for_good = (f"{len(self._restart_times)} restarts in "
                                         f"{self.policy.period:.0f}s")
-            elif len(self._slow_restarts) >= self.cfg.crash_loop_restarts:
+            elif len(self._slow_restarts) >= self._slow_limit:
                 self.failed_for_good = (f"{len(self._slow_restarts)} restarts in "
                                         f"{self.cfg.crash_loop_period:.0f}s")
             if self.failed_for_good is not None:
