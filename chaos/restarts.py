@@ -18,7 +18,14 @@ import subprocess
 import time
 
 from chaos import checks
-from chaos.row import ACK_DEADLINE_S, START_DEADLINE_S, Options, Row, strategy_source
+from chaos.row import (
+    ACK_DEADLINE_S,
+    FAULT_GAP_S,
+    START_DEADLINE_S,
+    Options,
+    Row,
+    strategy_source,
+)
 from sim import testing as sim_testing
 from tests.supervisor.botctl import Bot
 
@@ -63,7 +70,7 @@ def supervisor_kill(bot: Bot, row: Row, admin: str, pids: set[int], opts: Option
         else:
             row.notes.append(f"round {i + 1}: reload {ack.get('result')}: {ack.get('error')}")
         bot.wait_ticks(2)
-        time.sleep(rng.uniform(0.2, 2.0))
+        time.sleep(rng.uniform(*FAULT_GAP_S))
         epoch = bot.status().get("active_epoch", 0)
         pids |= checks.worker_pids(bot) | {bot.proc.pid}
         before = checks.worker_pids(bot) | {bot.proc.pid}

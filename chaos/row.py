@@ -38,6 +38,9 @@ def strategy_source(version: str, **kw: object) -> str:
 # 5/60 the 30 strategy and 10 feed kills spent ~4 minutes waiting for the budget.
 RESTART_INTENSITY = 20         # restarts ...
 RESTART_PERIOD_S = 61.0        # ... in 60 s (one second of margin)
+# the random wait between two faults (after the checks of the first passed): somewhere in a
+# tick or two at 30x, so faults land at every point of the cycle
+FAULT_GAP_S = (0.1, 1.2)
 START_DEADLINE_S = 120.0
 ACK_DEADLINE_S = 120.0
 

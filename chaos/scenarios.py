@@ -44,6 +44,7 @@ from chaos.journaled import gated_source, position_kill_journaled
 from chaos.restarts import check_history, supervisor_kill
 from chaos.row import (
     ACK_DEADLINE_S,
+    FAULT_GAP_S,
     RESTART_INTENSITY,
     RESTART_PERIOD_S,
     START_DEADLINE_S,
@@ -92,7 +93,7 @@ def strategy_kill(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
     files[1].write_text(_flagged("chaos-b", bot.tmp))
     restarts: collections.deque[float] = collections.deque()    # when crash restarts showed
     for i in range(n):
-        time.sleep(rng.uniform(0.2, 2.0))
+        time.sleep(rng.uniform(*FAULT_GAP_S))
         while restarts and time.monotonic() - restarts[0] > RESTART_PERIOD_S:
             restarts.popleft()
         if len(restarts) >= RESTART_INTENSITY - 1:
@@ -150,7 +151,7 @@ def _kill_worker(name: str, default: int) -> Body:
              rng: random.Random) -> None:
         kills: collections.deque[float] = collections.deque()
         for i in range(opts.runs or default):
-            time.sleep(rng.uniform(0.2, 2.0))
+            time.sleep(rng.uniform(*FAULT_GAP_S))
             while kills and time.monotonic() - kills[0] > RESTART_PERIOD_S:
                 kills.popleft()
             if len(kills) >= RESTART_INTENSITY - 1:     # past it the bot stops, by design
@@ -179,7 +180,7 @@ def position_kill_inflight(bot: Bot, row: Row, admin: str, pids: set[int], opts:
     before its reply. The restarted worker must find the order, not send it again."""
     kills: collections.deque[float] = collections.deque()
     for i in range(opts.runs or 4):     # 4: the 5th would wait for the restart budget
-        time.sleep(rng.uniform(0.2, 2.0))
+        time.sleep(rng.uniform(*FAULT_GAP_S))
         while kills and time.monotonic() - kills[0] > RESTART_PERIOD_S:
             kills.popleft()
         if len(kills) >= RESTART_INTENSITY - 1:

@@ -318,9 +318,12 @@ class Lanes:
             w = self.control.worker(WorkerSlot.strategy(lane))
             age = (now_ns - w["heartbeat_ns"]) / 1e9
             if w["pid"] == child.pid and age > self.cfg.heartbeat_timeout:
-                log.error("strategy%d (pid %d) missed heartbeats for %.1fs: terminating",
+                # SIGKILL, not SIGTERM: a worker stuck in evaluate() cannot run its TERM
+                # handler (it lives on the blocked loop), so TERM only added the grace to
+                # the outage; its state is in the last snapshot, nothing is lost
+                log.error("strategy%d (pid %d) missed heartbeats for %.1fs: killing it",
                           lane, child.pid, age)
-                child.terminate()
+                child.kill()
         self._check_memory()
 
     def _check_memory(self) -> None:
