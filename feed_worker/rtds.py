@@ -10,10 +10,14 @@ topic ``crypto_prices_chainlink``, one subscription per asset symbol (``btc/usd`
   ``PONG`` answers prove the connection, not the data.
 - **Stalls are judged by data**, not by pongs (a socket can keep answering PING while its
   data stops): the connection is stalled when no observation at all arrived for
-  ``rtds_stall_s`` clock seconds, or one symbol that had been sending is silent for
-  ``rtds_symbol_stall_s`` (both with the 1 s wall floor of the Binance stream, for the
-  same reason). RTDS observes about once a second, so 5 s / 10 s are many missed updates.
-  A stall counts a stale episode and drops the connection.
+  ``rtds_stall_s`` clock seconds (both limits with the 1 s wall floor of the Binance stream,
+  for the same reason; RTDS observes about once a second, so 5 s / 10 s are many missed
+  updates). That counts a stale episode and drops the connection. One symbol that had been
+  sending and is silent for ``rtds_symbol_stall_s`` counts a stale episode too, but is only
+  resubscribed on the open connection: dropping it would interrupt every other asset (and
+  risk their prices to beat) for one feed that may simply be paused upstream. Its own
+  staleness is judged downstream by age (the slot's reference turns STALE), and its next
+  window start gets no price to beat unless the stream was followed across it.
 - **Reconnects**: the Binance stream's jittered exponential backoff; a connection that lived
   ``backoff_reset_wall_s`` resets it. Every interruption tells the publisher that data may
   have been lost (a window start crossed meanwhile gets no price to beat).
@@ -77,6 +81,7 @@ class RtdsStream:
         self.symbol_stall_ns = int(cfg.rtds_symbol_stall_after_wall_s(clock.speed) * 1e9)
         self._conn: _Conn | None = None
         self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()     # resubscriptions in flight
         self.connects = 0
 
     def _state_changed(self, _old: ConnState, new: ConnState) -> None:
@@ -182,12 +187,22 @@ class RtdsStream:
             log.warning("rtds stalled: no observation for %.2f s (PONGs do not count)",
                         (now - conn.last_data_ns) / 1e9)
             return "stall"
-        silent = [s for s, t in conn.last_seen.items() if now - t > self.symbol_stall_ns]
+        silent = sorted(s for s, t in conn.last_seen.items() if now - t > self.symbol_stall_ns)
         if silent:
-            log.warning("rtds stalled: no observation of %s for %.2f s", ", ".join(silent),
+            log.warning("rtds: no observation of %s for %.2f s: resubscribing it (the other "
+                        "symbols stream on)", ", ".join(silent),
                         (now - min(conn.last_seen[s] for s in silent)) / 1e9)
-            return "stall"
+            self.stats.rtds_stale_episodes += 1
+            for s in silent:
+                conn.last_seen[s] = now        # judged again one stall period from now
+            task = asyncio.ensure_future(self._resubscribe(silent))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return None
+
+    async def _resubscribe(self, symbols: list[str]) -> None:
+        await self._send(action("unsubscribe", symbols))
+        await self._send(action("subscribe", symbols))
 
     # -- the loop ---------------------------------------------------------------------------------
 

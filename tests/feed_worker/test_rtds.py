@@ -138,6 +138,7 @@ class FakeRtds:
     def __init__(self) -> None:
         self.received: list[list[str]] = []
         self.silent = False
+        self.muted: set[str] = set()        # symbols it stops sending (a paused feed)
         self.conns = 0
 
     async def handler(self, ws: ServerConnection) -> None:
@@ -164,7 +165,7 @@ class FakeRtds:
                 await asyncio.sleep(0.02)
                 if self.silent:
                     continue
-                for sym in sorted(subs):
+                for sym in sorted(subs - self.muted):
                     t += 1
                     await ws.send(orjson.dumps({
                         "topic": "crypto_prices_chainlink", "type": "update",
@@ -229,6 +230,43 @@ async def test_pings_subscriptions_and_stall_by_data(server):
         stop.set()
         await asyncio.wait_for(task, 10)
     assert stats.rtds_connected == 0
+
+
+async def test_one_silent_symbol_is_resubscribed_not_a_reconnect(server):
+    """A paused feed for one asset must not interrupt the others: a stale episode and a
+    resubscription on the same connection, and the other symbol keeps streaming."""
+    fake, url = server
+    cfg = FeedConfig(rtds_ping_wall_s=0.1, stall_floor_wall_s=0.3, backoff_base_wall_s=0.05,
+                     watchdog_wall_s=0.02, rtds_stall_s=0.3, rtds_symbol_stall_s=0.3)
+    stats = FeedStats()
+    seen: list[str] = []
+
+    def handle(raw, recv_ns):
+        f = parse_rtds(raw, recv_ns)
+        if isinstance(f, RefUpdate):
+            seen.append(f.symbol)
+        return f
+
+    lost = []
+    stream = RtdsStream(url, ("btc/usd", "eth/usd"), cfg, handle, Clock.real(), stats,
+                        on_disconnect=lambda: lost.append(1), rng=random.Random(1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(stream.run(stop))
+    try:
+        await wait_until(lambda: {"btc/usd", "eth/usd"} <= set(seen))
+        fake.muted.add("eth/usd")
+        await wait_until(lambda: stats.rtds_stale_episodes >= 2)     # judged, and again
+        n = len(seen)
+        await wait_until(lambda: seen[n:].count("btc/usd") > 20)      # btc streams on
+        assert fake.conns == 1 and stats.rtds_reconnects == 0 and not lost
+        resub = [m for m in fake.received[0] if m != "PING" and "eth/usd" in m]
+        assert len(resub) >= 3 and '"unsubscribe"' in resub[1] and '"subscribe"' in resub[2]
+        fake.muted.clear()
+        n = len(seen)
+        await wait_until(lambda: "eth/usd" in seen[n:])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
 
 
 async def test_unreachable_server_backs_off_and_stops_promptly():
