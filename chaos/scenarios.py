@@ -26,7 +26,6 @@ reported in the notes. Every other delay is the random 0.2-2 s between faults.
 
 from __future__ import annotations
 
-import collections
 import os
 import random
 import shutil
@@ -49,6 +48,7 @@ from chaos.row import (
     RESTART_PERIOD_S,
     START_DEADLINE_S,
     Body,
+    Budget,
     Options,
     Row,
     strategy_source,
@@ -91,16 +91,10 @@ def strategy_kill(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
     files = [bot.tmp / "a.py", bot.tmp / "b.py"]
     files[0].write_text(_flagged("chaos-a", bot.tmp))
     files[1].write_text(_flagged("chaos-b", bot.tmp))
-    restarts: collections.deque[float] = collections.deque()    # when crash restarts showed
+    budget = Budget(row)              # spent when a crash restart showed
     for i in range(n):
         time.sleep(rng.uniform(*FAULT_GAP_S))
-        while restarts and time.monotonic() - restarts[0] > RESTART_PERIOD_S:
-            restarts.popleft()
-        if len(restarts) >= RESTART_INTENSITY - 1:
-            wait = RESTART_PERIOD_S - (time.monotonic() - restarts[0])
-            row.notes.append(f"kill {i + 1}: waited {wait:.0f}s for the restart budget")
-            time.sleep(max(0.0, wait))
-            restarts.popleft()
+        budget.wait(f"kill {i + 1}")
         crashes = _crash_records(bot)
         pids |= checks.worker_pids(bot)
         if rng.random() < 0.5:
@@ -118,7 +112,7 @@ def strategy_kill(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
             what = f"kill {i + 1} (active, epoch {s['active_epoch']}, pid {pid})"
         row.after_fault(bot, admin, what, pids, killed=pid)
         if _crash_records(bot) > crashes:
-            restarts.append(time.monotonic())
+            budget.spend()
 
 
 def _kill_during_reload(bot: Bot, path: Path, phase: str, rng: random.Random,
@@ -149,17 +143,11 @@ def _kill_during_reload(bot: Bot, path: Path, phase: str, rng: random.Random,
 def _kill_worker(name: str, default: int) -> Body:
     def body(bot: Bot, row: Row, admin: str, pids: set[int], opts: Options,
              rng: random.Random) -> None:
-        kills: collections.deque[float] = collections.deque()
+        budget = Budget(row)          # past it the bot stops, by design
         for i in range(opts.runs or default):
             time.sleep(rng.uniform(*FAULT_GAP_S))
-            while kills and time.monotonic() - kills[0] > RESTART_PERIOD_S:
-                kills.popleft()
-            if len(kills) >= RESTART_INTENSITY - 1:     # past it the bot stops, by design
-                wait = RESTART_PERIOD_S - (time.monotonic() - kills[0])
-                row.notes.append(f"kill {i + 1}: waited {wait:.0f}s for the restart budget")
-                time.sleep(max(0.0, wait))
-                kills.popleft()
-            kills.append(time.monotonic())
+            budget.wait(f"kill {i + 1}")
+            budget.spend()
             pids |= checks.worker_pids(bot)
             old = (bot.status().get("workers") or {}).get(name, {}).get("pid") or 0
             checks.kill9(old)
@@ -178,16 +166,10 @@ def position_kill_inflight(bot: Bot, row: Row, admin: str, pids: set[int], opts:
     """kill -9 the position worker while an order is in flight: the sim holds order replies
     (fault ``order_delay_s``), the kill lands once a new POST /order reached the sim and
     before its reply. The restarted worker must find the order, not send it again."""
-    kills: collections.deque[float] = collections.deque()
+    budget = Budget(row)
     for i in range(opts.runs or 3):     # 4 + 3 + 3 position kills: the issue asks 10
         time.sleep(rng.uniform(*FAULT_GAP_S))
-        while kills and time.monotonic() - kills[0] > RESTART_PERIOD_S:
-            kills.popleft()
-        if len(kills) >= RESTART_INTENSITY - 1:
-            wait = RESTART_PERIOD_S - (time.monotonic() - kills[0])
-            row.notes.append(f"kill {i + 1}: waited {wait:.0f}s for the restart budget")
-            time.sleep(max(0.0, wait))
-            kills.popleft()
+        budget.wait(f"kill {i + 1}")
         seen = sum(checks.order_posts(sim_testing.order_log(admin)).values())
         sim_testing.set_fault(admin, order_delay_s=2.0)
         try:
@@ -199,7 +181,7 @@ def position_kill_inflight(bot: Bot, row: Row, admin: str, pids: set[int], opts:
                 row.notes.append(f"kill {i + 1}: no order in 60s, killed anyway")
             time.sleep(rng.uniform(0.0, 0.5))         # inside the 2 s the reply is held
             checks.kill9(old)
-            kills.append(time.monotonic())
+            budget.spend()
             keys = checks.in_flight(bot)       # the dead worker's orders in flight
             row.findings.stats["in_flight_at_kill"] = \
                 row.findings.stats.get("in_flight_at_kill", 0) + len(keys)

@@ -192,20 +192,25 @@ async def wait_until(cond, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_pings_subscriptions_and_stall_by_data(server):
-    fake, url = server
-    cfg = FeedConfig(rtds_ping_wall_s=0.1, stall_floor_wall_s=0.3, backoff_base_wall_s=0.05,
-                     watchdog_wall_s=0.02, rtds_stall_s=0.3, rtds_symbol_stall_s=0.3)
-    stats = FeedStats()
-    seen: list[str] = []
+FAST = FeedConfig(rtds_ping_wall_s=0.1, stall_floor_wall_s=0.3, backoff_base_wall_s=0.05,
+                  watchdog_wall_s=0.02, rtds_stall_s=0.3, rtds_symbol_stall_s=0.3)
 
+
+def recording(seen: list[str]):
+    """A frame handler that parses like the feed and records each update's symbol."""
     def handle(raw, recv_ns):
         f = parse_rtds(raw, recv_ns)
         if isinstance(f, RefUpdate):
             seen.append(f.symbol)
         return f
+    return handle
 
-    stream = RtdsStream(url, ("btc/usd",), cfg, handle, Clock.real(), stats,
+
+async def test_pings_subscriptions_and_stall_by_data(server):
+    fake, url = server
+    stats = FeedStats()
+    seen: list[str] = []
+    stream = RtdsStream(url, ("btc/usd",), FAST, recording(seen), Clock.real(), stats,
                         rng=random.Random(1))
     stop = asyncio.Event()
     task = asyncio.create_task(stream.run(stop))
@@ -236,20 +241,11 @@ async def test_one_silent_symbol_is_resubscribed_not_a_reconnect(server):
     """A paused feed for one asset must not interrupt the others: a stale episode and a
     resubscription on the same connection, and the other symbol keeps streaming."""
     fake, url = server
-    cfg = FeedConfig(rtds_ping_wall_s=0.1, stall_floor_wall_s=0.3, backoff_base_wall_s=0.05,
-                     watchdog_wall_s=0.02, rtds_stall_s=0.3, rtds_symbol_stall_s=0.3)
     stats = FeedStats()
     seen: list[str] = []
-
-    def handle(raw, recv_ns):
-        f = parse_rtds(raw, recv_ns)
-        if isinstance(f, RefUpdate):
-            seen.append(f.symbol)
-        return f
-
     lost = []
-    stream = RtdsStream(url, ("btc/usd", "eth/usd"), cfg, handle, Clock.real(), stats,
-                        on_disconnect=lambda: lost.append(1), rng=random.Random(1))
+    stream = RtdsStream(url, ("btc/usd", "eth/usd"), FAST, recording(seen), Clock.real(),
+                        stats, on_disconnect=lambda: lost.append(1), rng=random.Random(1))
     stop = asyncio.Event()
     task = asyncio.create_task(stream.run(stop))
     try:
