@@ -106,7 +106,17 @@ class Feed:
     # -- shared memory, read like a strategy would ---------------------------------------
 
     def _table(self, name, dt) -> np.ndarray:
-        t = TableReader(self.paths.seg(name), dt)
+        # The feed creates a segment (file, size) before it writes its header; a look that
+        # lands in between sees an all-zero header. Wait for the header (deadline), never
+        # for a real mismatch.
+        path = self.paths.seg(name)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and path.exists():
+            with open(path, "rb") as f:
+                if any(f.read(8)):              # the magic is there
+                    break
+            time.sleep(0.01)
+        t = TableReader(path, dt)
         try:
             return t.read_all()
         finally:
