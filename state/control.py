@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import enum
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -120,14 +121,14 @@ class ControlBlock:
 
     @classmethod
     def create(cls, path: Path, run_id: str) -> ControlBlock:
+        def init(buf: memoryview) -> None:
+            buf[_OFF_RUN_ID:_OFF_RUN_ID + 32] = encode_nul(run_id, 32)
+            for lane in range(N_LANES):          # every lane open until a drain closes it
+                struct.pack_into("<Q", buf, _OFF_FENCE + 8 * lane, NO_FENCE)
+
         seg, adopted = Segment.create_or_adopt(Path(path), SegmentKind.CONTROL, CONTROL_HASH,
-                                               PAYLOAD_SIZE, name="control")
-        if not adopted:
-            seg.buf[_OFF_RUN_ID:_OFF_RUN_ID + 32] = encode_nul(run_id, 32)
+                                               PAYLOAD_SIZE, name="control", init=init)
         cb = cls(seg)
-        if not adopted:
-            for lane in range(N_LANES):
-                cb.set_fence(lane, None)
         cb.adopted = adopted
         return cb
 

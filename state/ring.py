@@ -194,10 +194,10 @@ class RingWriter(_RingBase):
         dtype = np.dtype(dtype)
         stride = _stride(dtype.itemsize)
         size = _DATA_OFF - HEADER_SIZE + capacity * stride
-        seg, self.adopted = Segment.create_or_adopt(Path(path), SegmentKind.RING,
-                                                    ring_hash(dtype), size, name=name)
-        if not self.adopted:
-            struct.pack_into("<QQQ", seg.buf, _OFF_CAP, capacity, dtype.itemsize, stride)
+        seg, self.adopted = Segment.create_or_adopt(
+            Path(path), SegmentKind.RING, ring_hash(dtype), size, name=name,
+            init=lambda buf: struct.pack_into("<QQQ", buf, _OFF_CAP, capacity,
+                                              dtype.itemsize, stride))
         self._bind(seg, dtype)
         self._seq = self.head()
         # An adopted ring continues at its published head. A producer killed mid-write left

@@ -7,7 +7,9 @@ inspector run would destroy live state. So noblink opens ``/dev/shm`` files itse
 ``os.open`` + ``mmap`` and no tracker ever hears of them.
 
 Rules:
-- Files are ``/dev/shm/noblink-<run id>-<name>``, mode 0600, created with O_EXCL.
+- Files are ``/dev/shm/noblink-<run id>-<name>``, mode 0600. A segment is built under a
+  temporary name and linked into place once its header and metadata are written, so a
+  name that exists is always complete (``link`` refuses an existing name, like O_EXCL).
 - The creator allocates every page up front (``posix_fallocate``), so a full /dev/shm fails
   at start with ENOSPC instead of later with SIGBUS on first touch.
 - Exactly one owner unlinks. ``attach`` never unlinks, and ``close`` never unlinks.
@@ -26,8 +28,10 @@ import errno
 import logging
 import mmap
 import os
+import secrets
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +50,21 @@ from state.strings import decode_nul
 log = logging.getLogger(__name__)
 SHM_DIR = Path("/dev/shm")
 PREFIX = "noblink-"
+# A segment under construction: "<segment name>.building-<pid>-<token>" (see Segment.create).
+BUILDING = ".building-"
 
 
 def segment_path(run_id: str, name: str, shm_dir: Path = SHM_DIR) -> Path:
     return Path(shm_dir) / f"{PREFIX}{run_id}-{name}"
+
+
+def _sweep_builds(path: Path) -> None:
+    """Remove what a creator killed mid-build left next to ``path`` (its pid is dead)."""
+    for p in path.parent.glob(f"{path.name}{BUILDING}*"):
+        pid = p.name[len(path.name) + len(BUILDING):].partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
 
 
 def pid_alive(pid: int) -> bool:
@@ -111,17 +126,25 @@ class Segment:
 
     @classmethod
     def create(cls, path: Path, kind: SegmentKind, lhash: int, payload_size: int,
-               *, name: str = "") -> Segment:
+               *, name: str = "", init: Callable[[memoryview], None] | None = None) -> Segment:
         """Create a new segment of ``HEADER_SIZE + payload_size`` bytes and become its owner.
 
-        Raises SegmentExistsError when the file exists, SegmentError on ENOSPC.
+        The segment appears under its name only when it is complete: it is built under a
+        temporary name (pages allocated, header written, then ``init(buf)`` writes the
+        payload's own metadata) and hard-linked into place. A reader that looks at the
+        name between the two sees nothing rather than an all-zero header or a ring of
+        capacity 0. ``link`` fails on an existing name, so O_EXCL's guarantee is kept.
+
+        Raises SegmentExistsError when the name exists, SegmentError on ENOSPC.
         """
         path = Path(path)
+        if path.exists() or path.is_symlink():    # cheap early answer; link() decides
+            raise SegmentExistsError(f"segment {path} already exists")
+        _sweep_builds(path)
         size = HEADER_SIZE + payload_size
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise SegmentExistsError(f"segment {path} already exists") from None
+        tmp = path.with_name(f"{path.name}{BUILDING}{os.getpid()}-{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        seg: Segment | None = None
         try:
             os.fchmod(fd, 0o600)   # the umask can only remove bits; make the mode exact
             try:
@@ -132,12 +155,22 @@ class Segment:
                         f"cannot allocate {size} bytes for {path}: /dev/shm is full") from e
                 raise
             seg = cls(path, fd, size, readonly=False, owner=True)
+            seg._write_header(kind, lhash, name)
+            if init is not None:
+                init(seg.buf)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise SegmentExistsError(f"segment {path} already exists") from None
         except BaseException:
-            os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if seg is not None:
+                seg.close()
+            else:
+                os.close(fd)
             raise
-        seg._write_header(kind, lhash, name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return seg
 
     @classmethod
@@ -175,14 +208,16 @@ class Segment:
 
     @classmethod
     def create_or_adopt(cls, path: Path, kind: SegmentKind, lhash: int, payload_size: int,
-                        *, name: str = "") -> tuple[Segment, bool]:
+                        *, name: str = "", init: Callable[[memoryview], None] | None = None,
+                        ) -> tuple[Segment, bool]:
         """Create the segment, or adopt the one a previous incarnation of this owner left.
 
         Returns (segment, adopted). Adopting checks the header like ``attach`` and then takes
-        ownership (the header's creator_pid becomes this process).
+        ownership (the header's creator_pid becomes this process); ``init`` runs only on a
+        segment this call created.
         """
         try:
-            return cls.create(path, kind, lhash, payload_size, name=name), False
+            return cls.create(path, kind, lhash, payload_size, name=name, init=init), False
         except SegmentExistsError:
             seg = cls.attach(path, kind, lhash, expected_size=HEADER_SIZE + payload_size)
             seg.owner = True
@@ -299,6 +334,8 @@ def scan_segments(shm_dir: Path = SHM_DIR, run_id: str | None = None) -> list[Se
                 continue            # a reader's bell (FIFO): opening it would block
         except FileNotFoundError:
             continue
+        if BUILDING in p.name:
+            continue                # not a segment yet (or a dead creator's leftover)
         rest = p.name[len(PREFIX):]
         rid, _, name = rest.partition("-")
         if run_id is not None and rid != run_id:

@@ -78,11 +78,10 @@ class SnapshotRegion:
 
     @classmethod
     def create(cls, path: Path, capacity: int, *, name: str = "snapshot") -> SnapshotRegion:
-        seg, adopted = Segment.create_or_adopt(Path(path), SegmentKind.SNAPSHOT, SNAPSHOT_HASH,
-                                               _OFF_DATA - HEADER_SIZE + 2 * capacity,
-                                               name=name)
-        if not adopted:
-            struct.pack_into("<Q", seg.buf, _OFF_CAP, capacity)
+        seg, adopted = Segment.create_or_adopt(
+            Path(path), SegmentKind.SNAPSHOT, SNAPSHOT_HASH,
+            _OFF_DATA - HEADER_SIZE + 2 * capacity, name=name,
+            init=lambda buf: struct.pack_into("<Q", buf, _OFF_CAP, capacity))
         region = cls(seg)
         region.adopted = adopted
         return region

@@ -122,10 +122,10 @@ class TableWriter(_TableBase):
         dtype = np.dtype(dtype)
         stride = _stride(dtype.itemsize)
         size = _OFF_ROWS - HEADER_SIZE + nrows * stride
-        seg, self.adopted = Segment.create_or_adopt(Path(path), SegmentKind.TABLE,
-                                                    table_hash(dtype), size, name=name)
-        if not self.adopted:
-            struct.pack_into("<QQQ", seg.buf, _OFF_META, nrows, dtype.itemsize, stride)
+        seg, self.adopted = Segment.create_or_adopt(
+            Path(path), SegmentKind.TABLE, table_hash(dtype), size, name=name,
+            init=lambda buf: struct.pack_into("<QQQ", buf, _OFF_META, nrows,
+                                              dtype.itemsize, stride))
         self._bind(seg, dtype)
         if self.nrows != nrows:
             self.close()

@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.errors import SegmentError, SegmentExistsError, SegmentMismatchError
+from core.errors import (
+    SegmentError,
+    SegmentExistsError,
+    SegmentMismatchError,
+    SegmentMissingError,
+)
 from state.control import ControlBlock
-from state.layout import HEADER_DT, HEADER_SIZE, KLINE_DT, LAYOUT_VERSION, SegmentKind
+from state.layout import (
+    HEADER_DT,
+    HEADER_SIZE,
+    KLINE_DT,
+    LAYOUT_VERSION,
+    MAGIC,
+    SegmentKind,
+)
 from state.ring import RingReader, RingWriter, ring_hash
 from state.run import RunPaths
-from state.segment import SHM_DIR, Segment, scan_segments
+from state.segment import BUILDING, SHM_DIR, Segment, scan_segments
 from state.snapshot import SnapshotRegion
 from state.table import TableReader, TableWriter
 from tests.state.helpers import wait_for
@@ -56,6 +69,84 @@ def test_create_is_exclusive(run_paths: RunPaths) -> None:
     finally:
         seg.unlink()
         seg.close()
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()                                      # reaped: its pid names no process now
+    return p.pid
+
+
+def builds(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}{BUILDING}*"))
+
+
+def test_a_segment_appears_only_when_complete(run_paths: RunPaths) -> None:
+    """Between creation and the header (and the payload's metadata), the name does not
+    exist yet: a reader sees "missing", never an all-zero header or a ring of capacity 0."""
+    path = run_paths.seg("whole")
+    seen: list[str] = []
+
+    def init(buf: memoryview) -> None:
+        assert np.frombuffer(buf, dtype=HEADER_DT, count=1)[0]["magic"] == MAGIC
+        buf[HEADER_SIZE:HEADER_SIZE + 4] = b"meta"
+        seen.append("missing" if not path.exists() else "visible")
+        with pytest.raises(SegmentMissingError):
+            Segment.attach(path, SegmentKind.TABLE, HASH)
+        assert len(builds(path)) == 1 and scan_segments(SHM_DIR, run_paths.run_id) == []
+
+    seg = Segment.create(path, SegmentKind.TABLE, HASH, 64, name="whole", init=init)
+    try:
+        assert seen == ["missing"] and builds(path) == []
+        with Segment.attach(path, SegmentKind.TABLE, HASH, readonly=True) as other:
+            assert bytes(other.buf[HEADER_SIZE:HEADER_SIZE + 4]) == b"meta"
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        seg.unlink()
+        seg.close()
+
+
+def test_a_failed_or_losing_build_leaves_nothing(run_paths: RunPaths) -> None:
+    path = run_paths.seg("fail")
+
+    def boom(buf: memoryview) -> None:
+        raise RuntimeError("init failed")
+    with pytest.raises(RuntimeError, match="init failed"):
+        Segment.create(path, SegmentKind.TABLE, HASH, 64, init=boom)
+    assert not path.exists() and builds(path) == []
+    # a creator that loses the race (the name appears while it builds) says so, cleans up,
+    # and the winner's segment is untouched
+    winner: list[Segment] = []
+
+    def race(buf: memoryview) -> None:
+        winner.append(Segment.create(path, SegmentKind.TABLE, HASH, 64, name="winner"))
+    with pytest.raises(SegmentExistsError, match="already exists"):
+        Segment.create(path, SegmentKind.TABLE, HASH, 64, name="loser", init=race)
+    try:
+        assert builds(path) == [] and winner[0].header().name == "winner"
+        with Segment.attach(path, SegmentKind.TABLE, HASH) as other:
+            assert other.header().name == "winner"
+    finally:
+        winner[0].unlink()
+        winner[0].close()
+
+
+def test_a_dead_creators_build_is_swept_and_never_listed(run_paths: RunPaths) -> None:
+    path = run_paths.seg("swept")
+    dead = path.with_name(f"{path.name}{BUILDING}{dead_pid()}-deadbeef")
+    live = path.with_name(f"{path.name}{BUILDING}{os.getpid()}-0badf00d")
+    for p in (dead, live):
+        p.write_bytes(b"\0" * (HEADER_SIZE + 64))
+    try:
+        assert scan_segments(SHM_DIR, run_paths.run_id) == []
+        seg = Segment.create(path, SegmentKind.TABLE, HASH, 64)
+        seg.unlink()
+        seg.close()
+        # the dead one goes; a live creator's build (here: ours) is not touched
+        assert not dead.exists() and live.exists()
+    finally:
+        for p in (dead, live):
+            p.unlink(missing_ok=True)
 
 
 def test_header_mismatches_are_refused_naming_both_sides(run_paths: RunPaths) -> None:
