@@ -30,6 +30,7 @@ import orjson
 
 from position_worker.keys import order_metadata
 from sim import testing as sim_testing
+from supervisor.reloadlog import merged
 from tests.supervisor.botctl import Bot, gaps_and_duplicates, ticks_of
 
 T = TypeVar("T")
@@ -234,9 +235,12 @@ def worker_pids(bot: Bot) -> set[int]:
 
 
 def reload_records(bot: Bot) -> list[dict]:
+    """Every reload record, with its probation updates applied (an update line is not a
+    reload: counted as one, it showed up as ``reloads_None``)."""
     path = bot.run_dir / "reloads.jsonl"
     try:
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        return merged([orjson.loads(line) for line in path.read_bytes().splitlines()
+                       if line.strip()])
     except FileNotFoundError:
         return bot.status().get("reloads") or []
 
