@@ -46,7 +46,7 @@ from state.layout import (
     SlotStatus,
 )
 from state.ring import RingReader
-from state.run import RunPaths
+from state.run import TICK_RING_CAPACITY, RunPaths
 from state.table import TableReader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -343,7 +343,7 @@ def test_scanner_fills_all_16_slots_and_rolls_over(feed: Feed, control: ControlB
         r.close()
     assert len(recs) and int(recs["tick"][-1]) >= t2 - 1
     assert (np.diff(recs["tick"].astype(np.int64)) == 1).all()
-    assert feed.stats()["slots_ok"] == len(SLOTS)
+    wait_for(lambda: feed.stats()["slots_ok"] == len(SLOTS), "every slot OK", feed=feed)
 
 
 def test_gap_free_after_ws_drop_and_refused_reconnects(feed: Feed):
@@ -368,11 +368,14 @@ def test_gap_free_after_a_stall(feed: Feed):
     # (90 s of clock for a 1m stream = 1.5 s wall), not the connection's (4 s / 1 s wall).
     t0 = time.monotonic()
     set_fault(feed.sim.admin, ws_stall="ethusdt@kline_1m")
-    wait_for(lambda: feed.stats()["stale_episodes"] > before["stale_episodes"],
-             "a stale episode", feed=feed)
+    # the log line names this episode; the episode counter alone could be a spurious one
+    wait_for(lambda: "on ethusdt@kline_1m (the connection is alive)" in feed.log(),
+             "a stale episode on ethusdt@kline_1m", feed=feed)
     took = time.monotonic() - t0
     assert took >= 1.3, took         # 1.5 s less the sim's 0.1 s update period, and slack
-    assert "on ethusdt@kline_1m (the connection is alive)" in feed.log()
+    # the stats row is published on its own period, after the log line
+    wait_for(lambda: feed.stats()["stale_episodes"] > before["stale_episodes"],
+             "the episode counted", feed=feed)
     # Then all of them: the connection hears nothing at all, a connection-level stall.
     mid = feed.stats()
     set_fault(feed.sim.admin, ws_stall="*")
@@ -436,7 +439,10 @@ def test_kill_9_and_restart_adopts_the_windows(feed: Feed, control: ControlBlock
         ticks = r.poll().records["tick"].astype(np.int64)
     finally:
         r.close()
-    assert (np.diff(ticks) == 1).all() and int(ticks[0]) == 1, ticks[:5]
+    # from tick 1, unless the ring has wrapped meanwhile (256 ticks: ~21 s at 60x)
+    assert (np.diff(ticks) == 1).all(), ticks
+    assert int(ticks[0]) == 1 or len(ticks) == TICK_RING_CAPACITY, ticks[:5]
+    assert int(ticks[0]) <= tick_at_death < int(ticks[-1]), (ticks[:5], tick_at_death)
 
 
 def test_rest_429_is_honoured_and_the_backfill_completes(feed: Feed):
@@ -544,7 +550,8 @@ def test_reference_candles_are_the_sims_chainlink_series(feed: Feed):
     assert (one["symbol_id"] == sid).all() and (one["interval_id"] == 0).all()
     assert reference_candle_problems(feed.sim, r1, one) == []
     assert reference_candle_problems(feed.sim, r5, five) == []
-    assert filled(feed), feed.window_problems()
+    # the Binance rows fill on their own schedule: six HYPE candles do not imply it
+    wait_for(lambda: filled(feed), "windows filled", feed=feed)
     # the klines ring carries them too, forming updates and closed candles, like Binance's
     ring = RingReader(feed.paths.seg("klines"), KLINE_DT, readonly=True, start="oldest")
     try:
@@ -588,7 +595,9 @@ def test_a_stalled_reference_marks_only_its_slots_stale(feed: Feed):
     wait_for(lambda: feed.paths.seg("markets").exists()
              and status_of("btc") == {RefStatus.OK}, "btc reference OK", feed=feed)
     set_fault(feed.sim.admin, rtds_stall="btc/usd")
-    wait_for(lambda: status_of("btc") == {RefStatus.STALE}, "btc slots STALE", feed=feed)
-    assert status_of("eth") == {RefStatus.OK}
+    # both at once: a feed that fell behind on a loaded machine turns every asset stale
+    # for a moment, which alone would satisfy a wait for btc
+    wait_for(lambda: status_of("btc") == {RefStatus.STALE} and status_of("eth") == {RefStatus.OK},
+             "btc slots STALE while eth stays OK", feed=feed)
     clear_faults(feed.sim.admin)
     wait_for(lambda: status_of("btc") == {RefStatus.OK}, "btc fresh again", feed=feed)

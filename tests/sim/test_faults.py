@@ -205,8 +205,9 @@ def test_bad_fault_is_refused_and_changes_nothing(sim):
 def _client_and_market(sim) -> tuple[ClobClient, str, float]:
     c = ClobClient(sim.endpoints.clob, 137, key=Account.create().key.hex())
     c.set_api_creds(c.create_or_derive_api_key())
-    now = sim.clock.now()
-    start = int(now) // 900 * 900 + (900 if now % 900 > 780 else 0)
+    # always the next window: listed and open for all of its 900 s, so the tests' resting
+    # orders and delayed replies never race the end of the current one
+    start = int(sim.clock.now()) // 900 * 900 + 900
     deadline = time.monotonic() + 10
     while True:
         status, m, _ = _get(f"{sim.endpoints.gamma}/markets/slug/"

@@ -28,12 +28,13 @@ SLOW_HANDOFF = strategy_source("slow-handoff", module="CALLS = [0]").replace(
 
 
 def slow_drain(flag: Path) -> str:
-    """Active as usual; once ``flag`` exists, every commit (get_state) takes 1.5 s, so a
-    drain request finds it mid-cycle or mid-drain."""
+    """Active as usual; once ``flag`` exists, every commit (get_state) takes 3 s, so a
+    drain request finds it mid-cycle or mid-drain, and the test, which sees the phase
+    through status.json (up to 0.25 s old) on a loaded machine, still kills in DRAIN."""
     return strategy_source("slow-drain", module="import os").replace(
         "    def get_state(self):\n",
         f"    def get_state(self):\n        if os.path.exists({str(flag)!r}):\n"
-        "            time.sleep(1.5)\n")
+        "            time.sleep(3.0)\n")
 
 
 def _in_phase(bot: Bot, phase: str) -> dict | None:
