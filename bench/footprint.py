@@ -59,14 +59,15 @@ def _tree(root: psutil.Process) -> dict[str, psutil.Process]:
     return out
 
 
-def measure(bot: Bot, seconds: float, say: Callable[[str], None]) -> dict[str, Any]:
+def measure(bot: Bot, seconds: float, say: Callable[[str], None],
+            settle_s: float = SETTLE_S) -> dict[str, Any]:
     """Start ``bot`` (a ``Bot(1.0, ...)``, not started yet) and measure it. The caller stops
     it."""
     bot.start()
     st = bot.wait_ready(START_TIMEOUT_S)
     say(f"  1x bot ready in {time.monotonic() - bot.started_mono:.1f}s (run {bot.run_id}, "
-        f"tick {st.get('tick')}); settling {SETTLE_S:.0f}s, then {seconds:.0f}s idle")
-    time.sleep(SETTLE_S)
+        f"tick {st.get('tick')}); settling {settle_s:.0f}s, then {seconds:.0f}s idle")
+    time.sleep(settle_s)
     assert bot.proc is not None
     root = psutil.Process(bot.proc.pid)
     procs = _tree(root)

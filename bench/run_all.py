@@ -56,7 +56,8 @@ SCHEMA = 1
 # --quick: enough of each phase to exercise it (the no-handoff replay needs 81 recorded ticks:
 # ~7 s at 60x), in about 70 s on 2 cores
 QUICK = {"reloads": 3, "rollbacks": 1, "wakeup_iterations": 30, "record_seconds": 8.0,
-         "reaction_seconds": 6.0, "footprint_seconds": 5.0, "feed_seconds": 2.0,
+         "reaction_seconds": 6.0, "footprint_seconds": 3.0, "footprint_settle": 2.0,
+         "feed_seconds": 2.0,
          "inprocess_reloads": 4, "ring_quick": True, "ring_smoke": True}
 # --ring-smoke: every ring measurement, with counts too small to mean anything
 RING_SMOKE = ["--repeat", "1", "--count", "3000", "--warmup", "300", "--writer-count",
@@ -329,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record-seconds", type=float, default=20.0)
     ap.add_argument("--reaction-seconds", type=float, default=40.0)
     ap.add_argument("--footprint-seconds", type=float, default=30.0)
+    ap.add_argument("--footprint-settle", type=float, default=footprint.SETTLE_S,
+                    help="seconds the 1x bot runs before the footprint is measured")
     ap.add_argument("--feed-seconds", type=float, default=10.0)
     ap.add_argument("--inprocess-reloads", type=int, default=inprocess.RELOADS)
     ap.add_argument("--ring-quick", action="store_true", help="bench.ring --quick")
@@ -470,8 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         # 9. footprint at 1x
         bot_c = rl.Bot(1.0, extra_args=API)
         bots.append(bot_c)
-        fp_res = ph.run("footprint", lambda: footprint.measure(bot_c, args.footprint_seconds,
-                                                               say))
+        fp_res = ph.run("footprint", lambda: footprint.measure(
+            bot_c, args.footprint_seconds, say, args.footprint_settle))
         for b in bots:
             b.stop()
         if fp_res is not None:
