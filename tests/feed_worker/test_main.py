@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from feed_worker.main import SIM_JSON_WAIT_S
 from state.run import RunPaths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,4 +37,5 @@ def test_sigterm_while_waiting_for_sim_json_stops_cleanly_and_promptly(run_paths
             proc.kill()
             proc.wait()
     assert rc == 0, log_path.read_text()                     # not killed by the signal (-15)
-    assert took < 5.0, took
+    # promptly: well inside the 30 s wait it would otherwise sit out (not a latency number)
+    assert took < SIM_JSON_WAIT_S / 2, took

@@ -49,8 +49,9 @@ def test_wait_wakes_promptly_on_a_publish_from_another_process(run_paths: RunPat
         assert len(b) == 1
         published_ns = int(b.records[0]["check"])
         assert slept > 0.2, "it returned before the publish"
-        # Generous bounds for a loaded 2-core box; typically ~50 us and ~1 ms of CPU.
-        assert (woke_ns - published_ns) / 1e9 < 0.25, "woke up late"
+        # Woken by the publish, not by its 10 s timeout (the latency itself is a benchmark
+        # number: bench/wakeup.py; typically ~50 us and ~1 ms of CPU).
+        assert (woke_ns - published_ns) / 1e9 < 5.0, "slept towards the timeout"
         assert cpu < 0.5 * slept, f"burned {cpu:.3f}s CPU sleeping {slept:.3f}s"
         assert child.report()["published"] == 1
     finally:
@@ -69,7 +70,7 @@ def test_idle_wait_times_out_false_without_burning_cpu(run_paths: RunPaths, how:
         ok = r.wait_blocking(1.0) if how == "blocking" else LOOPS[how](r.wait(1.0))
         slept, cpu = time.monotonic() - t0, time.process_time() - cpu0
         assert ok is False
-        assert 0.95 <= slept < 3.0
+        assert 0.95 <= slept < 10.0                   # the timeout, not a hang
         assert cpu < 0.15, f"an idle 1 s wait used {cpu:.3f}s of CPU"
     finally:
         r.close()
@@ -222,7 +223,7 @@ def test_a_publish_racing_the_way_to_sleep_is_not_missed(run_paths: RunPaths, ho
         t0 = time.monotonic()
         ok = r.wait_blocking(3.0) if how == "blocking" else asyncio.run(r.wait(3.0))
         assert ok is True and published == [0]
-        assert time.monotonic() - t0 < 1.0, "the reader slept through the publish"
+        assert time.monotonic() - t0 < 2.5, "the reader slept through the publish (3 s)"
     finally:
         r.close()
         w.unlink()
