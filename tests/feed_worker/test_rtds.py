@@ -4,6 +4,7 @@ connection care against a local WebSocket server playing RTDS."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import time
@@ -17,6 +18,7 @@ from core.clock import Clock
 from core.errors import InputError
 from core.markets import SLOTS
 from feed_worker.config import FeedConfig
+from feed_worker.lifecycle import ConnState
 from feed_worker.reference import PriceToBeat
 from feed_worker.rtds import RtdsStream
 from feed_worker.rtds_frames import IGNORED, PONG, RefUpdate, action, parse_rtds
@@ -131,12 +133,21 @@ def test_price_to_beat_unknown_when_the_start_was_not_followed():
 
 # -- connection care ----------------------------------------------------------------------------
 
+FAKE_PERIOD_S = 0.02       # the fake server's own cadence: one update per symbol per period
+DEADLINE_S = 30.0          # generous: a loaded machine is slow, never wrong
+
+
 class FakeRtds:
-    """Answers PING with PONG, records what clients send, streams btc/usd every 20 ms
-    unless ``silent`` (then only PONGs go on)."""
+    """Answers PING with PONG, records what clients send, streams every subscribed symbol
+    once per FAKE_PERIOD_S unless ``silent`` (then only PONGs go on)."""
 
     def __init__(self) -> None:
         self.received: list[list[str]] = []
+        self.sent: list[list[str]] = []     # per connection: the symbols of its data, in order
+        # per connection: (client frame, how many data frames had been sent when it took
+        # effect); data frames reach the client in order, so what it receives after that
+        # many is what the server sent under the new subscriptions
+        self.applied: list[list[tuple[str, int]]] = []
         self.silent = False
         self.muted: set[str] = set()        # symbols it stops sending (a paused feed)
         self.conns = 0
@@ -144,7 +155,11 @@ class FakeRtds:
     async def handler(self, ws: ServerConnection) -> None:
         self.conns += 1
         got: list[str] = []
+        sent: list[str] = []
+        applied: list[tuple[str, int]] = []
         self.received.append(got)
+        self.sent.append(sent)
+        self.applied.append(applied)
         subs: set[str] = set()
 
         async def reader() -> None:
@@ -157,16 +172,20 @@ class FakeRtds:
                 for s in msg["subscriptions"]:
                     sym = orjson.loads(s["filters"])["symbol"]
                     (subs.add if msg["action"] == "subscribe" else subs.discard)(sym)
+                applied.append((text, len(sent)))
 
         task = asyncio.create_task(reader())
         try:
             t = 1
             while not task.done():
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(FAKE_PERIOD_S)
                 if self.silent:
                     continue
                 for sym in sorted(subs - self.muted):
+                    if sym not in subs:             # unsubscribed while we were sending
+                        continue
                     t += 1
+                    sent.append(sym)
                     await ws.send(orjson.dumps({
                         "topic": "crypto_prices_chainlink", "type": "update",
                         "timestamp": t, "payload": {"symbol": sym, "timestamp": t,
@@ -185,15 +204,18 @@ async def server() -> AsyncIterator[tuple[FakeRtds, str]]:
         yield fake, f"ws://127.0.0.1:{port}"
 
 
-async def wait_until(cond, timeout: float = 10.0) -> None:
+async def wait_until(cond, timeout: float = DEADLINE_S) -> None:
     end = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)      # polling interval of the condition
 
 
+# Fast pings and backoff. The stall limits are what the tests set: a limit under a second or
+# two would be tripped by this process pausing on a busy machine (the fake server and the
+# stream share its event loop), so only the limit a test is about is short.
 FAST = FeedConfig(rtds_ping_wall_s=0.1, stall_floor_wall_s=0.3, backoff_base_wall_s=0.05,
-                  watchdog_wall_s=0.02, rtds_stall_s=0.3, rtds_symbol_stall_s=0.3)
+                  watchdog_wall_s=0.02, rtds_stall_s=2.0, rtds_symbol_stall_s=2.0)
 
 
 def recording(seen: list[str]):
@@ -210,7 +232,9 @@ async def test_pings_subscriptions_and_stall_by_data(server):
     fake, url = server
     stats = FeedStats()
     seen: list[str] = []
-    stream = RtdsStream(url, ("btc/usd",), FAST, recording(seen), Clock.real(), stats,
+    # the connection's stall is tested here (1 s: the production floor); one symbol's is not
+    cfg = dataclasses.replace(FAST, rtds_stall_s=1.0, rtds_symbol_stall_s=60.0)
+    stream = RtdsStream(url, ("btc/usd",), cfg, recording(seen), Clock.real(), stats,
                         rng=random.Random(1))
     stop = asyncio.Event()
     task = asyncio.create_task(stream.run(stop))
@@ -220,20 +244,24 @@ async def test_pings_subscriptions_and_stall_by_data(server):
         await stream.subscribe(["eth/usd"])              # on the open connection
         await wait_until(lambda: "eth/usd" in seen)
         await stream.unsubscribe(["btc/usd"])
-        n = len(seen)
-        await asyncio.sleep(0.2)
-        assert "btc/usd" not in seen[n + 2:] and fake.conns == 1, "no reconnect needed"
+        await wait_until(lambda: any('"unsubscribe"' in m for m, _ in fake.applied[0]))
+        cut = next(n for m, n in fake.applied[0] if '"unsubscribe"' in m)
+        await wait_until(lambda: len(seen) >= cut + 20)
+        # everything sent after the unsubscription took effect, on the same connection
+        assert fake.sent[0][:cut] == seen[:cut] and "btc/usd" not in seen[cut:]
+        assert fake.conns == 1 and stats.rtds_reconnects == 0, "no reconnect needed"
+        episodes, reconnects = stats.rtds_stale_episodes, stats.rtds_reconnects
         fake.silent = True                                # PONGs go on, data stops
-        await wait_until(lambda: stats.rtds_stale_episodes == 1)
-        assert stats.rtds_reconnects >= 1
+        await wait_until(lambda: stats.rtds_stale_episodes >= episodes + 1)
+        assert stats.rtds_reconnects >= reconnects + 1
         fake.silent = False
         await wait_until(lambda: fake.conns >= 2 and stats.rtds_connected == 1)
         # the new connection subscribed to what is wanted now: eth only
-        assert any("eth/usd" in m for m in fake.received[-1])
+        await wait_until(lambda: any("eth/usd" in m for m in fake.received[-1]))
         assert not any("btc/usd" in m for m in fake.received[-1])
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, DEADLINE_S)
     assert stats.rtds_connected == 0
 
 
@@ -244,28 +272,38 @@ async def test_one_silent_symbol_is_resubscribed_not_a_reconnect(server):
     stats = FeedStats()
     seen: list[str] = []
     lost = []
-    stream = RtdsStream(url, ("btc/usd", "eth/usd"), FAST, recording(seen), Clock.real(),
+    # one symbol's stall is tested here; the connection's (2 s) is not
+    cfg = dataclasses.replace(FAST, rtds_symbol_stall_s=0.3)
+    stream = RtdsStream(url, ("btc/usd", "eth/usd"), cfg, recording(seen), Clock.real(),
                         stats, on_disconnect=lambda: lost.append(1), rng=random.Random(1))
+
+    def eth_frames() -> list[str]:       # the first subscribes both; then the resubscriptions
+        return [m for m in fake.received[0] if m != "PING" and "eth/usd" in m]
+
     stop = asyncio.Event()
     task = asyncio.create_task(stream.run(stop))
     try:
         await wait_until(lambda: {"btc/usd", "eth/usd"} <= set(seen))
+        episodes = stats.rtds_stale_episodes
         fake.muted.add("eth/usd")
-        await wait_until(lambda: stats.rtds_stale_episodes >= 2)     # judged, and again
+        await wait_until(lambda: len(eth_frames()) >= 5)             # judged, and again
+        assert stats.rtds_stale_episodes >= episodes + 2
         n = len(seen)
         await wait_until(lambda: seen[n:].count("btc/usd") > 20)      # btc streams on
         assert fake.conns == 1 and stats.rtds_reconnects == 0 and not lost
-        resub = [m for m in fake.received[0] if m != "PING" and "eth/usd" in m]
-        assert len(resub) >= 3 and '"unsubscribe"' in resub[1] and '"subscribe"' in resub[2]
+        resub = eth_frames()
+        assert '"unsubscribe"' in resub[1] and '"subscribe"' in resub[2]
+        assert '"unsubscribe"' in resub[3] and '"subscribe"' in resub[4]
         fake.muted.clear()
         n = len(seen)
         await wait_until(lambda: "eth/usd" in seen[n:])
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, DEADLINE_S)
 
 
 async def test_unreachable_server_backs_off_and_stops_promptly():
+    # backs off: attempt after attempt, each after a (short) pause
     cfg = FeedConfig(backoff_base_wall_s=0.05, backoff_cap_wall_s=0.2)
     stats = FeedStats()
     stream = RtdsStream("ws://127.0.0.1:9", ("btc/usd",), cfg, lambda r, n: None,
@@ -274,6 +312,16 @@ async def test_unreachable_server_backs_off_and_stops_promptly():
     task = asyncio.create_task(stream.run(stop))
     await wait_until(lambda: stats.rtds_reconnects >= 3)
     stop.set()
-    t0 = time.monotonic()
-    await asyncio.wait_for(task, 5)
-    assert time.monotonic() - t0 < 1.0
+    await asyncio.wait_for(task, DEADLINE_S)
+    # stops promptly: in the middle of a long backoff, stop cuts it short
+    cfg = FeedConfig(backoff_base_wall_s=60.0, backoff_cap_wall_s=60.0)
+    stats = FeedStats()
+    stream = RtdsStream("ws://127.0.0.1:9", ("btc/usd",), cfg, lambda r, n: None,
+                        Clock.real(), stats)
+    stop = asyncio.Event()
+    task = asyncio.create_task(stream.run(stop))
+    await wait_until(lambda: stats.rtds_reconnects >= 1 and stream.sm.state is ConnState.BACKOFF)
+    stop.set()
+    # the alternative, waiting the backoff out, takes at least half its base
+    await asyncio.wait_for(task, cfg.backoff_base_wall_s / 2)
+    assert stream.sm.state is ConnState.STOPPED

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import statistics
 import time
 from decimal import Decimal
 from typing import Any
@@ -64,42 +63,52 @@ async def test_raw_stream_event_matches_binance_format(sim):
 
 
 async def test_combined_stream_cadence_and_exactly_one_final_per_candle(sim):
+    """Structure, not wall-clock cadence: a loaded machine delays the sim's broadcaster by
+    any amount, so how many updates a wall (or sim) second carries is no test of it. What
+    load cannot change: one final per candle, after it closed and in order, no forming update
+    for a closed candle, and never more forming updates than the broadcaster's period
+    allows (it skips the ticks it fell behind on; it never bursts)."""
     streams = ["btcusdt@kline_1m", "ethusdt@kline_1m", "solusdt@kline_5m"]
     url = sim.endpoints.binance_ws + "/stream?streams=" + "/".join(streams)
-    seen: dict[str, list[tuple[float, dict[str, Any]]]] = {s: [] for s in streams}
-    deadline = time.monotonic() + 25
+    seen: dict[str, list[dict[str, Any]]] = {s: [] for s in streams}
+
+    def enough() -> bool:
+        return (sum(1 for e in seen["btcusdt@kline_1m"] if e["k"]["x"]) >= 3
+                and all(sum(1 for e in seen[s] if not e["k"]["x"]) >= 10 for s in streams))
+
+    deadline = time.monotonic() + 60
     async with websockets.connect(url) as ws:
-        # Three 1m candles closing is three wall seconds at speed 60.
-        while sum(1 for _, e in seen["btcusdt@kline_1m"] if e["k"]["x"]) < 3:
+        while not enough():
             msg = await next_data(ws, deadline)
             assert set(msg) == {"stream", "data"}
-            seen[msg["stream"]].append((time.monotonic(), msg["data"]))
-    for name, iv, sym in (("btcusdt@kline_1m", 60_000, "BTCUSDT"),
-                          ("ethusdt@kline_1m", 60_000, "ETHUSDT")):
-        events = [e for _, e in seen[name]]
+            seen[msg["stream"]].append(msg["data"])
+    for name, iv, sym, interval in (("btcusdt@kline_1m", 60_000, "BTCUSDT", "1m"),
+                                    ("ethusdt@kline_1m", 60_000, "ETHUSDT", "1m"),
+                                    ("solusdt@kline_5m", 300_000, "SOLUSDT", "5m")):
+        events = seen[name]
         for e in events:
-            check_kline_event(e, sym, "1m", iv)
+            check_kline_event(e, sym, interval, iv)
         finals = [e for e in events if e["k"]["x"]]
         opens = [e["k"]["t"] for e in finals]
         assert len(opens) == len(set(opens)), f"{name}: a candle was finalised twice"
         assert all(b - a == iv for a, b in itertools.pairwise(opens))
         for f in finals:
             assert f["E"] > f["k"]["T"], "final update sent before the candle closed"
-            assert f["E"] - f["k"]["T"] < 60_000, "final update late by more than 60 sim s"
+        # in order: a candle's forming updates, then its final, then the next candle's
+        keys = [(e["k"]["t"], e["k"]["x"]) for e in events]
+        assert keys == sorted(keys), f"{name}: out of order"
+        # every candle seen forming that has closed since got its final
+        forming = sorted({e["k"]["t"] for e in events if not e["k"]["x"]})
+        assert set(forming[:-1]) <= set(opens), f"{name}: a closed candle had no final"
         for e in events:
             if not e["k"]["x"]:
                 assert e["E"] <= e["k"]["T"] + 1, "forming update for a closed candle"
-        # Forming updates: every 2 sim s, clamped to >= 100 ms wall (6 sim s at speed 60).
-        walls = [w for w, e in seen[name] if not e["k"]["x"]]
-        gaps = [b - a for a, b in itertools.pairwise(walls)]
-        assert len(gaps) >= 10
-        assert 0.06 <= statistics.median(gaps) <= 0.4, statistics.median(gaps)
-        sim_gaps = [b["E"] - a["E"] for a, b in itertools.pairwise(events)
-                    if not a["k"]["x"] and not b["k"]["x"]]
-        assert 3_000 <= statistics.median(sim_gaps) <= 20_000
-    assert seen["solusdt@kline_5m"], "5m stream sent nothing"
-    for _, e in seen["solusdt@kline_5m"]:
-        check_kline_event(e, "SOLUSDT", "5m", 300_000)
+        # Forming updates every 2 sim s, clamped to >= 100 ms wall (6 sim s at speed 60):
+        # n of them span at least (n - 2) periods, whatever the load (a factor 2 of slack:
+        # the sim clock reads wall time, the broadcaster's timer the monotonic clock).
+        sent = [e["E"] for e in events if not e["k"]["x"]]
+        period_ms = max(2.0, 0.1 * sim.clock.speed) * 1000
+        assert sent[-1] - sent[0] >= (len(sent) - 2) * period_ms / 2, (len(sent), sent)
 
 
 async def test_final_candle_equals_rest_kline(sim):

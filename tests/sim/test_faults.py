@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -31,16 +32,29 @@ async def aset(sim, **kw: Any) -> dict[str, Any]:
         return await r.json()
 
 
-async def frames(ws, seconds: float) -> list[str]:
-    """Every text frame received during ``seconds`` of wall time."""
+DEADLINE_S = 30.0      # generous: a loaded machine is slow, never wrong
+
+
+async def frames_until(ws, done: Callable[[list[str]], bool],
+                       timeout: float = DEADLINE_S) -> list[str]:
+    """Text frames until ``done(frames)`` holds; fails if it does not within ``timeout``."""
     out: list[str] = []
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        try:
-            out.append(await asyncio.wait_for(ws.recv(), left))
-        except TimeoutError:
-            break
+    end = time.monotonic() + timeout
+    while not done(out):
+        out.append(await asyncio.wait_for(ws.recv(), end - time.monotonic()))
     return out
+
+
+async def through_reply(ws, rid: int) -> dict[str, Any]:
+    """Send LIST_SUBSCRIPTIONS and read up to its reply, which it returns. Replies and data
+    share the connection's one send queue, so nothing after the reply was queued before the
+    server handled the request: a fault set before it is in effect for every later frame."""
+    await ws.send(orjson.dumps({"method": "LIST_SUBSCRIPTIONS", "id": rid}).decode())
+    end = time.monotonic() + DEADLINE_S
+    while True:
+        msg = orjson.loads(await asyncio.wait_for(ws.recv(), end - time.monotonic()))
+        if msg.get("id") == rid:
+            return msg
 
 
 def streams_of(texts: list[str]) -> list[str]:
@@ -70,53 +84,52 @@ async def test_ws_drop_closes_every_connection_abruptly(sim):
 
 async def test_ws_stall_one_stream_keeps_the_connection_open(sim):
     url = sim.endpoints.binance_ws + "/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m"
+
+    def eth(texts: list[str]) -> list[dict[str, Any]]:
+        return [m["data"] for m in map(orjson.loads, texts)
+                if m.get("stream") == "ethusdt@kline_1m"]
+
     async with websockets.connect(url) as ws:
-        await asyncio.wait_for(ws.recv(), 5)
+        await asyncio.wait_for(ws.recv(), DEADLINE_S)
         await aset(sim, ws_stall="btcusdt@kline_1m")
-        await frames(ws, 0.15)                      # frames already in flight
-        got = streams_of(await frames(ws, 1.5))     # 1.5 s wall = 90 sim s: a boundary too
-        assert "btcusdt@kline_1m" not in got
-        assert got.count("ethusdt@kline_1m") >= 5
-        await ws.send('{"method":"LIST_SUBSCRIPTIONS","id":9}')   # still answering
-        replies = [orjson.loads(t) for t in await frames(ws, 0.5)]
-        assert {"result": ["btcusdt@kline_1m", "ethusdt@kline_1m"], "id": 9} in replies
+        # still answering; and from its reply on, every frame was queued under the stall
+        assert await through_reply(ws, 9) == {
+            "result": ["btcusdt@kline_1m", "ethusdt@kline_1m"], "id": 9}
+        # until eth's final of a candle: a minute boundary, where btc's final was due too
+        got = await frames_until(ws, lambda t: len(eth(t)) >= 5
+                                 and any(e["k"]["x"] for e in eth(t)))
+        assert "btcusdt@kline_1m" not in streams_of(got)
         await aset(sim, ws_stall="")
-        got = streams_of(await frames(ws, 1.0))
-        assert "btcusdt@kline_1m" in got
+        await frames_until(ws, lambda t: "btcusdt@kline_1m" in streams_of(t))
 
 
 async def test_ws_stall_everything_sends_no_data_but_pings_go_on(sim):
     async with aiohttp.ClientSession() as http, \
             http.ws_connect(sim.endpoints.binance_ws + "/ws/btcusdt@kline_1m",
                             autoping=False) as ws:
-        await ws.receive(timeout=5)
+        await ws.receive(timeout=DEADLINE_S)
         await aset(sim, ws_stall="*")
-        end = time.monotonic() + 1.5
-        texts, pings = 0, 0
-        while (left := end - time.monotonic()) > 0:
-            try:
-                msg = await ws.receive(timeout=left)
-            except TimeoutError:
-                break
-            if msg.type == aiohttp.WSMsgType.TEXT and time.monotonic() < end - 1.3:
-                continue                              # in flight before the stall
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                texts += 1
-            elif msg.type == aiohttp.WSMsgType.PING:
-                pings += 1
+        # The reply to this marks the stall: data before it was queued before the stall.
+        await ws.send_str('{"method":"LIST_SUBSCRIPTIONS","id":1}')
+        replied, texts, pings = False, 0, 0
+        end = time.monotonic() + DEADLINE_S
+        while pings < 3:              # three ping periods: each one had data due in it
+            msg = await ws.receive(timeout=end - time.monotonic())
+            if msg.type == aiohttp.WSMsgType.PING:
                 await ws.pong(msg.data)
-        assert texts == 0 and pings >= 1 and not ws.closed
+                if replied:
+                    pings += 1
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                if replied:
+                    texts += 1
+                elif orjson.loads(msg.data).get("id") == 1:
+                    replied = True
+            else:
+                pytest.fail(f"unexpected {msg.type}: {msg.data!r}")
+        assert texts == 0 and not ws.closed
 
 
 async def test_ws_malformed_sends_exactly_n_bad_frames(sim):
-    async with websockets.connect(sim.endpoints.binance_ws + "/ws/bnbusdt@kline_1m") as ws:
-        await asyncio.wait_for(ws.recv(), 5)
-        await frames(ws, 0.05)
-        await aset(sim, ws_malformed=5)
-        texts = []
-        while len(texts) < 10:
-            texts.append(await asyncio.wait_for(ws.recv(), 5))
-
     def ok(t: str) -> bool:
         try:
             m = orjson.loads(t)
@@ -124,9 +137,16 @@ async def test_ws_malformed_sends_exactly_n_bad_frames(sim):
             return False
         return isinstance(m, dict) and isinstance(m.get("k"), dict) and isinstance(m.get("E"), int)
 
+    async with websockets.connect(sim.endpoints.binance_ws + "/ws/bnbusdt@kline_1m") as ws:
+        await asyncio.wait_for(ws.recv(), DEADLINE_S)
+        await aset(sim, ws_malformed=5)
+        # until 5 bad frames and then 5 good ones: a 6th bad one would be among them
+        texts = await frames_until(ws, lambda t: [ok(x) for x in t].count(False) >= 5
+                                   and all(ok(x) for x in t[-5:]))
     flags = [ok(t) for t in texts]
+    first_bad = flags.index(False)
+    assert flags[first_bad:first_bad + 5] == [False] * 5, flags     # the next 5, in a row
     assert flags.count(False) == 5, flags
-    assert all(flags[flags.index(False) + 5:]), "good frames resume after the bad ones"
 
 
 async def test_server_shutdown_event_then_disconnect(sim):
