@@ -67,17 +67,36 @@ from position_worker.executors.base import (
     SendUncertain,
     taker_fee,
 )
+from position_worker.executors.cache import BoundedCache
 from position_worker.journal import Fill, OrderRow
 
 log = logging.getLogger(__name__)
 POLYGON = 137
 POOL_THREADS = 16         # >= the most orders in flight at once (16 slots) + lookups
+# the client's per-token caches (name-mangled ``ClobClient.__<name>``), keyed by token id
+TOKEN_CACHES = ("__tick_sizes", "__neg_risk", "__fee_rates", "__fee_infos",
+                "__token_condition_map")
 _R = TypeVar("_R")
 
 
 class _Client(ClobClient):
     """The stock client, minus the post-order wait for settlement transaction hashes
-    (up to 30 s of polling per order); reconciliation reads trades on its own schedule."""
+    (up to 30 s of polling per order); reconciliation reads trades on its own schedule.
+    Its per-token caches are bounded (executors/cache.py): unbounded, they grew with every
+    window's new tokens for the life of the process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in TOKEN_CACHES:
+            attr = f"_ClobClient{name}"
+            if isinstance(getattr(self, attr, None), dict):
+                setattr(self, attr, BoundedCache())
+            else:
+                log.warning("py-clob-client-v2 has no cache %s: left as it is", name)
+
+    def token_cache_sizes(self) -> dict[str, int]:
+        """How many tokens each per-token cache holds (tests and diagnostics)."""
+        return {name: len(getattr(self, f"_ClobClient{name}", ())) for name in TOKEN_CACHES}
 
     def _resolve_transactions_hashes(self, response: Any) -> Any:
         return response
