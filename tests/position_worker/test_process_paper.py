@@ -31,10 +31,14 @@ SPEED = 60.0
 
 
 @pytest.fixture
-def venue(run_paths: RunPaths, control: ControlBlock) -> Iterator[tuple[Clock, FakeGammaServer]]:
+def venue(run_paths: RunPaths, control: ControlBlock,
+          markets: MarketTable) -> Iterator[tuple[Clock, FakeGammaServer]]:
     gamma = FakeGammaServer()
     now = time.time()
     clock = Clock(speed=SPEED, wall_epoch=now, sim_epoch=float(int(now) // 900 * 900 + 30))
+    # the reference is observed on the market clock: stamped with wall time, it looked up
+    # to 15 minutes old (or from the future) and the worker refused it as STALE_REFERENCE
+    markets.now_ms = clock.now_ms
     info = {"binance_ws": "ws://127.0.0.1:9", "binance_rest": "http://127.0.0.1:9",
             "gamma": gamma.url, "clob": "http://127.0.0.1:9", "admin": None,
             "clock": clock.to_dict(), "pid": 0, "seed": 1}
@@ -172,7 +176,8 @@ def test_paper_kill_switch_is_carried_out_and_confirmed(run_paths: RunPaths,
         control.set_paused(True)
         control.set_killed(True)
         wait_until(lambda: control.kill_confirmed, 10, "kill_done", w.tail)
-        assert "kill switch carried out" in w.tail()
+        # the flag is set before the log line is written
+        wait_until(lambda: "kill switch carried out" in w.tail(), 10, "the kill logged", w.tail)
         ws = open_window(clock)
         markets.set(0, ws, up_ask=0.5)
         writer.submit(0, ws, SLOTS[0].slug(ws), Outcome.UP, 5.0, 0.6, "killed")

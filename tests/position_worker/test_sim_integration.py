@@ -158,8 +158,10 @@ def test_intent_order_fill_settlement_pnl(ctx: Ctx) -> None:
     # the sim's own ledger: the same shares, and its balance moved by exactly our PnL
     assert ctx.sim_shares(sc) == pytest.approx(pos["shares"], abs=1e-6)
     assert ctx.sim_account()["balance"] == pytest.approx(1000.0 + pos["pnl"], abs=1e-4)
-    st = read_stats(ctx.paths)
-    assert st["settled"] == 1 and st["wins"] == int(won) and st["losses"] == int(not won)
+    # posstats is written after the positions row, at most every 0.25 s
+    st = wait_until(lambda: (s := read_stats(ctx.paths))["settled"] == 1 and s, 10,
+                    "the settlement in the stats", ctx.tail)
+    assert st["wins"] == int(won) and st["losses"] == int(not won)
     assert st["pnl"] == pytest.approx(pos["pnl"]) and st["open_positions"] == 0
     assert st["mismatches"] == 0, ctx.tail()
     assert w.stop() == 0
@@ -186,7 +188,8 @@ def test_same_intent_twice_gives_one_order(ctx: Ctx) -> None:
     wait_until(lambda: (p := ctx.position(sc)) and p["state"] != PositionState.PENDING, 30,
                "the order's fate", ctx.tail)
     assert len(ctx.posts(sc)) == 1
-    assert read_stats(ctx.paths)["orders"] == 1
+    wait_until(lambda: read_stats(ctx.paths)["orders"] == 1, 10, "one order counted",
+               ctx.tail)
 
 
 @pytest.mark.parametrize("point", ["after_journal", "after_send"])
