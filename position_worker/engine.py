@@ -78,7 +78,8 @@ class EngineConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     lookup_grace_s: float = 120.0   # clock s after window end before an unseen order fails
     settle_backoff_max_s: float = 30.0
-    reconcile_horizon_s: int = 2 * DAY_S
+    reconcile_horizon_s: int = 2 * DAY_S   # clock s back, a full reconciliation pass
+    reconcile_recent_s: int = 3600         # clock s back, a recent pass (> window + grace)
     # wall s: an order changed this recently is not compared with the venue's trades yet
     # (its reply may land during the fetch, the venue may not have indexed its trade yet)
     reconcile_grace_s: float = 60.0
@@ -488,9 +489,10 @@ class Engine:
         """Look up every order whose fate is unknown; never re-send any of them."""
         await self.reconciler.resolve_pending(startup=startup)
 
-    async def reconcile(self) -> None:
-        """Compare the journal with the venue's trades and open orders."""
-        await self.reconciler.reconcile()
+    async def reconcile(self, *, full: bool = True) -> None:
+        """Compare the journal with the venue's trades and open orders (full: over the whole
+        horizon; else over the recent one)."""
+        await self.reconciler.reconcile(full=full)
 
     async def settle_due(self) -> int:
         """Settle filled positions whose window is over and whose market has resolved."""

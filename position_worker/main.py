@@ -96,7 +96,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lookup-grace", type=float, default=EngineConfig.lookup_grace_s,
                     help="clock seconds after a window's end before an unseen order fails")
     ap.add_argument("--settle-every", type=float, default=1.0, help="wall seconds")
-    ap.add_argument("--reconcile-every", type=float, default=15.0, help="wall seconds")
+    ap.add_argument("--reconcile-every", type=float, default=15.0,
+                    help="wall seconds between reconciliation passes (recent: the last hour)")
+    ap.add_argument("--reconcile-full-every", type=float, default=600.0,
+                    help="wall seconds between full passes (the last two days: late fills "
+                         "of failed orders); start-up always runs one")
     ap.add_argument("--crash-at", choices=CRASH_POINTS,
                     default=os.environ.get("NOBLINK_POSITION_CRASH_AT") or None,
                     help=argparse.SUPPRESS)     # tests only: SIGKILL self at that point
@@ -163,6 +167,7 @@ class Worker:
         self._fatal: OperatorError | None = None     # a loop needs an operator: stop
         self._kill_task: asyncio.Task[None] | None = None
         self._kill_retry_at = 0.0                     # time.monotonic() of the next attempt
+        self._full_at = 0.0            # time.monotonic() of the next full reconciliation
 
     async def _wait_stop(self, wall_s: float) -> bool:
         """Sleep ``wall_s`` or until stop; True when stopping."""
@@ -284,7 +289,8 @@ class Worker:
             self._publish_decided(source)
             if not await self._start_executor(executor):
                 return self._stopped()
-            await engine.recover()
+            await engine.recover()                # ends with a full reconciliation
+            self._full_at = time.monotonic() + args.reconcile_full_every
             self.life.to(WorkerState.RUNNING, f"mode {args.mode}, {executor.name} executor")
             self._loop("settle", args.settle_every, engine.settle_due)
             self._loop("reconcile", args.reconcile_every, self._reconcile)
@@ -314,7 +320,11 @@ class Worker:
 
     async def _reconcile(self) -> None:
         await self.engine.resolve_pending()
-        await self.engine.reconcile()
+        now = time.monotonic()
+        full = now >= self._full_at
+        await self.engine.reconcile(full=full)
+        if full:
+            self._full_at = now + self.args.reconcile_full_every
 
     def _resume_lanes(self, source: IntentSource, journal: Journal, engine: Engine) -> None:
         """Start each lane after the last intent journaled from that very ring.

@@ -5,7 +5,12 @@
   its window ended more than ``lookup_grace_s`` ago. Orders whose send is in flight in this
   process are left to their own reply.
 - ``reconcile``: the account's recent trades, summed per token, against the journal's orders
-  of the same horizon, and its open orders (this worker only places FOK orders). Fills found
+  of the same horizon, and its open orders (this worker only places FOK orders). A *full*
+  pass looks ``reconcile_horizon_s`` back (two days: late fills of failed orders are still
+  adopted); a *recent* pass only ``reconcile_recent_s`` (an hour: every open window and its
+  lookup grace). The worker runs recent passes often and a full one now and then: a full
+  pass re-reads every trade and order of two days, which on a busy account is thousands of
+  records per pass (venue requests, and memory the allocator keeps after each peak). Fills found
   for an order the journal had failed are adopted. Each mismatch is journaled and counted once.
   Shares are compared only for orders whose window started inside the trades' horizon, and
   not for orders changed less than ``reconcile_grace_s`` (wall) before the trades were
@@ -99,16 +104,18 @@ class Reconciler:
         self.eng.counters.on_mismatch()
         self.eng.publish()
 
-    async def reconcile(self) -> None:
-        """Compare the journal with the venue's trades and open orders."""
+    async def reconcile(self, *, full: bool = True) -> None:
+        """Compare the journal with the venue's trades and open orders: over the full
+        horizon, or (``full=False``) over the recent one."""
         async with self._lock:
-            await self._reconcile()
+            await self._reconcile(full)
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, full: bool) -> None:
         # Only the recent past: windows that started within the horizon, trades matched
         # within it (a window's trades happen inside it), so a pass stays cheap forever.
         eng = self.eng
-        since = int(eng.clock.now()) - eng.cfg.reconcile_horizon_s
+        horizon = eng.cfg.reconcile_horizon_s if full else eng.cfg.reconcile_recent_s
+        since = int(eng.clock.now()) - horizon
         fetched_ns = time.time_ns()       # wall, like the journal's updated_ns
         try:
             trades = await eng.executor.trades(after=since)
@@ -122,11 +129,15 @@ class Reconciler:
         for t in trades:
             if str(t.get("side", "")).upper() == "BUY" and t.get("status") != "FAILED":
                 held[str(t.get("asset_id", ""))] += _size(t.get("size"))
-        self.venue_tokens = ({str(t.get("asset_id", "")) for t in trades}
-                             | {str(oo.get("asset_id", "")) for oo in opened}) - {""}
-        # the book's own objects where they exist, so the book never holds a stale copy
+        seen = ({str(t.get("asset_id", "")) for t in trades}
+                | {str(oo.get("asset_id", "")) for oo in opened}) - {""}
+        # a recent pass only adds: the tokens it does not list are older than its horizon,
+        # not gone (the next full pass replaces the set)
+        self.venue_tokens = seen if full else self.venue_tokens | seen
+        # the book's own objects where they exist, so the book never holds a stale copy;
+        # orders are read further back than trades (a window's trades can follow its start)
         orders = [eng.book.get(o.client_key, o)
-                  for o in eng.journal.orders_since(since - DAY_S)]
+                  for o in eng.journal.orders_since(since - min(DAY_S, horizon))]
         ids = {o.order_id: o for o in orders if o.order_id}
         by_token = {o.token: o for o in orders if o.token}
         recent_ns = fetched_ns - int(eng.cfg.reconcile_grace_s * 1e9)

@@ -123,3 +123,40 @@ async def test_junk_from_the_venue_does_not_stop_recovery(rig: Rig, monkeypatch)
     monkeypatch.undo()
     await eng.resolve_pending()                 # the next pass gets it right
     assert rig.journal.order(o.client_key).state == OrderState.FILLED
+
+
+async def test_recent_passes_look_an_hour_back_and_a_full_pass_two_days(rig: Rig) -> None:  # noqa: F811
+    """A recent pass asks the venue for the last hour only and keeps what a full pass
+    learnt; a late fill of an order failed two hours ago is adopted by the next full pass."""
+
+    class Asked(HorizonVenue):
+        def __init__(self, clock: ClockLike) -> None:
+            super().__init__(clock)
+            self.after: list[int | None] = []
+
+        async def trades(self, after: int | None = None) -> list[dict]:
+            self.after.append(after)
+            return await super().trades(after)
+
+    rig.venue = venue = Asked(rig.clock)
+    eng = rig.restart()
+    rig.markets.set(0, T0)
+    venue.mode = "reject"
+    o = eng.decide(intent())
+    await eng.execute(o)
+    assert o.state == OrderState.REJECTED
+    rig.clock.advance(2 * 3600)
+    venue._fill(venue.placed[0])              # two hours later the venue shows a trade
+    await eng.reconcile(full=False)
+    now = int(rig.clock.now())
+    assert venue.after == [now - eng.cfg.reconcile_recent_s]
+    assert rig.journal.order(o.client_key).state == OrderState.REJECTED   # not seen yet
+    assert eng.stats().mismatches == 0
+    await eng.reconcile(full=True)
+    assert venue.after[-1] == now - eng.cfg.reconcile_horizon_s
+    assert rig.journal.order(o.client_key).state == OrderState.FILLED     # adopted
+    token = venue.placed[0].request.token
+    assert token in eng.reconciler.venue_tokens
+    await eng.reconcile(full=False)           # the token is older than the hour: kept
+    assert token in eng.reconciler.venue_tokens
+    assert eng.stats().mismatches == 1        # the adoption, reported once
