@@ -138,9 +138,9 @@ class Segment:
         Raises SegmentExistsError when the name exists, SegmentError on ENOSPC.
         """
         path = Path(path)
+        _sweep_builds(path)          # also when the name exists: a build that lost to it
         if path.exists() or path.is_symlink():    # cheap early answer; link() decides
             raise SegmentExistsError(f"segment {path} already exists")
-        _sweep_builds(path)
         size = HEADER_SIZE + payload_size
         tmp = path.with_name(f"{path.name}{BUILDING}{os.getpid()}-{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

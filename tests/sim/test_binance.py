@@ -161,7 +161,9 @@ async def test_control_frames(sim):
 
 
 async def test_server_disconnects_client_that_does_not_pong(own_sim):
-    s = own_sim(speed=60, extra_args=("--ping-interval", "0.2", "--pong-timeout", "1.5"))
+    # a 3 s pong timeout: the good client's pongs come from this test's own loop, which a
+    # loaded machine can stall for a second or more
+    s = own_sim(speed=60, extra_args=("--ping-interval", "0.2", "--pong-timeout", "3"))
     url = s.endpoints.binance_ws + "/ws/btcusdt@kline_1m"
     async with aiohttp.ClientSession() as http, websockets.connect(url) as good:
         got: list[float] = []
@@ -185,7 +187,7 @@ async def test_server_disconnects_client_that_does_not_pong(own_sim):
                 closed_at = time.monotonic()
             assert pings >= 2
             # The client that answers pings (websockets does) is still being served.
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30
             while not (got and got[-1] > closed_at):
                 assert time.monotonic() < deadline and not reader.done()
                 await asyncio.sleep(0.05)      # poll the condition above
