@@ -128,10 +128,11 @@ def parse(doc: Any, source: str) -> Universe:
     names ``source`` (the file) and the key."""
     if not isinstance(doc, dict):
         raise UniverseError(f"{source}: expected a table with an 'assets' array")
-    extra = sorted(set(doc) - {"assets"})
+    # [risk] is read by core.risklimits: limits are not part of the universe (or its hash)
+    extra = sorted(set(doc) - {"assets", "risk"})
     if extra:
         raise UniverseError(f"{source}: unknown key(s) {', '.join(extra)} "
-                            f"(a universe file has only [[assets]] tables)")
+                            f"(noblink.toml has [[assets]] tables and a [risk] table)")
     items = doc.get("assets")
     if not isinstance(items, list) or not items:
         raise UniverseError(f"{source}: 'assets' must be a non-empty array of tables "

@@ -52,6 +52,7 @@ from core.proc import (
     install_stop_signals,
     run_async,
 )
+from core.risklimits import add_flags as add_risk_flags
 from position_worker.credentials import Credentials, load_live
 from position_worker.engine import Engine, EngineConfig
 from position_worker.executors.base import Executor
@@ -86,13 +87,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--secret-file", type=Path, default=None,
                     help="live credentials (JSON, mode 0600); default: the environment")
     ap.add_argument("--stake", type=float, default=RiskConfig.stake)
-    ap.add_argument("--max-open", type=int, default=RiskConfig.max_open)
-    ap.add_argument("--max-exposure", type=float, default=RiskConfig.max_exposure)
-    ap.add_argument("--daily-loss-limit", type=float, default=RiskConfig.daily_loss_limit)
+    # the operator's limits (noblink run --max-open ..., or [risk] in noblink.toml), checked
+    # by the same code that checked them there
+    add_risk_flags(ap, {"max_open": RiskConfig.max_open,
+                        "max_exposure": RiskConfig.max_exposure,
+                        "daily_loss_limit": RiskConfig.daily_loss_limit,
+                        "max_book_age": RiskConfig.max_book_age_s})
     ap.add_argument("--min-order-size", type=float, default=RiskConfig.min_order_size)
-    ap.add_argument("--max-book-age", type=float, default=RiskConfig.max_book_age_s,
-                    help="market-clock seconds a scanned book stays usable (at least "
-                         f"{RiskConfig.min_book_age_wall_s:g} wall s)")
     ap.add_argument("--lookup-grace", type=float, default=EngineConfig.lookup_grace_s,
                     help="clock seconds after a window's end before an unseen order fails")
     ap.add_argument("--settle-every", type=float, default=1.0, help="wall seconds")

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.errors import NoblinkError
+from core.risklimits import RiskLimitsError, resolve, worker_args
+from core.risklimits import add_flags as add_risk_flags
+from core.risklimits import load_file as load_risk_file
 
 if TYPE_CHECKING:
     from supervisor.arbiter import SupervisorConfig
@@ -75,6 +78,11 @@ def run_parser() -> argparse.ArgumentParser:
                     "SECONDS (default 5/60; a dead feed or position worker then stops the bot)")
     ap.add_argument("--strategy-rss-limit", type=float, default=1024.0, metavar="MB",
                     help="kill a strategy worker over this resident size (default 1024)")
+    # risk limits: [risk] in --config, a flag wins; unset: the position worker's defaults
+    # (docs/position_worker.md, Risk)
+    add_risk_flags(ap.add_argument_group(
+        "risk limits (a flag wins over [risk] in --config; unset: the position worker's "
+        "defaults)"))
     return ap
 
 
@@ -104,7 +112,8 @@ def _run(argv: list[str]) -> int:
         universe = load_file(args.config) if args.config is not None else current()
         if args.assets is not None:
             universe = universe.select([a.strip() for a in args.assets.split(",") if a.strip()])
-    except UniverseError as e:
+        risk = resolve(load_risk_file(args.config) if args.config is not None else {}, args)
+    except (UniverseError, RiskLimitsError) as e:
         print(f"noblink run: {e}", file=sys.stderr)
         return 2
     install(universe)
@@ -114,15 +123,21 @@ def _run(argv: list[str]) -> int:
     from supervisor.arbiter import Supervisor
 
     setup_logging(role="supervisor", run_dir=args.run_dir or default_run_dir())
-    return Supervisor(run_config(args)).run()
+    return Supervisor(run_config(args, risk)).run()
 
 
-def run_config(args: argparse.Namespace) -> SupervisorConfig:
-    """`noblink run`'s arguments as the supervisor's configuration."""
+def run_config(args: argparse.Namespace,
+               risk: dict[str, int | float] | None = None) -> SupervisorConfig:
+    """`noblink run`'s arguments (and the resolved risk limits) as the supervisor's
+    configuration."""
     from state.run import default_run_dir
     from supervisor.arbiter import SupervisorConfig
     from supervisor.workers import RestartPolicy
 
+    # the position worker's own flags: its secrets (to it only) and the risk limits
+    position = ([] if args.secret_file is None
+                else ["--secret-file", str(args.secret_file.resolve())])
+    position += worker_args(risk if risk is not None else resolve({}, args))
     return SupervisorConfig(run_dir=args.run_dir or default_run_dir(), mode=args.mode,
                            live=args.live, speed=args.speed, seed=args.seed,
                            strategy=args.strategy, params=args.params, stake=args.stake,
@@ -132,8 +147,7 @@ def run_config(args: argparse.Namespace) -> SupervisorConfig:
                            restart=RestartPolicy(intensity=args.restart_intensity[0],
                                                  period=args.restart_intensity[1]),
                            strategy_rss_limit_mb=args.strategy_rss_limit,
-                           extra={"position": ["--secret-file", str(args.secret_file.resolve())]}
-                           if args.secret_file is not None else {})
+                           extra={"position": position} if position else {})
 
 
 def _clean(argv: list[str]) -> int:
