@@ -260,6 +260,9 @@ DEFAULT = tuple(n for n in SCENARIOS if n != "soak")    # `make chaos`; soak: `m
 NEEDS_API = frozenset({"hostile-input"})
 ENVIRONMENT = {"position-kill-journaled": JOURNALED_ENV}       # for the whole bot
 SOURCES = {"position-kill-journaled": gated_source}         # the first strategy, else _flagged
+# the soak measures resources under a steady flow of orders: a day's losses reaching the
+# default limit (-50 USDC, a few hundred coin-flip orders) would stop the flow half-way
+ARGS = {"soak": ("--daily-loss-limit", "1000000")}
 
 
 def final_checks(bot: Bot, row: Row, admin: str, before: dict) -> None:
@@ -305,7 +308,8 @@ def run(name: str, opts: Options, rng: random.Random, keep: bool = False,
     try:
         bot = Bot(tmp, speed=opts.speed, strategy=SOURCES.get(name, _flagged)("chaos-a", tmp),
                   args=(*api, "--seed", str(opts.seed), "--restart-intensity",
-                        f"{RESTART_INTENSITY}/{RESTART_PERIOD_S - 1:.0f}"))
+                        f"{RESTART_INTENSITY}/{RESTART_PERIOD_S - 1:.0f}",
+                        *ARGS.get(name, ())))
     finally:
         os.environ.clear()
         os.environ.update(saved)
