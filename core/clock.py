@@ -111,3 +111,16 @@ class ManualClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((self._now + sim_seconds, fut))
         await fut
+
+
+async def sleep_unless(clock: ClockLike, clock_s: float, *events: asyncio.Event) -> None:
+    """Sleep ``clock_s`` seconds of ``clock``, or less: until any of ``events`` is set (a
+    stop, a wake-up). The waits left over are cancelled and awaited, so none leaks."""
+    waiters = [asyncio.ensure_future(clock.sleep(clock_s)),
+               *(asyncio.ensure_future(e.wait()) for e in events)]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

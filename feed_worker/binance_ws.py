@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from core.clock import ClockLike
+from core.clock import ClockLike, sleep_unless
 from feed_worker.config import FeedConfig
 from feed_worker.klines import Frame, KlineUpdate, ServerShutdown
 from feed_worker.lifecycle import CONN_TRANSITIONS, ConnState, StateMachine
@@ -116,16 +116,8 @@ class BinanceStream:
 
     async def _nap(self, wall_s: float, stop: asyncio.Event, *, wakeable: bool = True) -> None:
         """Sleep ``wall_s`` real seconds, or less if stopped (or woken by a reader)."""
-        waiters = [asyncio.ensure_future(self.clock.sleep(wall_s * self.clock.speed)),
-                   asyncio.ensure_future(stop.wait())]
-        if wakeable:
-            waiters.append(asyncio.ensure_future(self._wake.wait()))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await sleep_unless(self.clock, wall_s * self.clock.speed, stop,
+                           *((self._wake,) if wakeable else ()))
         self._wake.clear()
 
     async def _open(self) -> _Conn:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from core.clock import ClockLike
+from core.clock import ClockLike, sleep_unless
 from feed_worker.binance_ws import OPEN_ERRORS, Backoff
 from feed_worker.config import FeedConfig
 from feed_worker.lifecycle import CONN_TRANSITIONS, ConnState, StateMachine
@@ -118,16 +118,9 @@ class RtdsStream:
     # -- plumbing --------------------------------------------------------------------------------
 
     async def _nap(self, wall_s: float, stop: asyncio.Event, *, wakeable: bool = True) -> None:
-        waiters = [asyncio.ensure_future(self.clock.sleep(wall_s * self.clock.speed)),
-                   asyncio.ensure_future(stop.wait())]
-        if wakeable:
-            waiters.append(asyncio.ensure_future(self._wake.wait()))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        """Sleep ``wall_s`` real seconds, or less if stopped (or woken by a reader)."""
+        await sleep_unless(self.clock, wall_s * self.clock.speed, stop,
+                           *((self._wake,) if wakeable else ()))
         self._wake.clear()
 
     async def _open(self) -> _Conn:

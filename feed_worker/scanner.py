@@ -41,7 +41,7 @@ from urllib.parse import quote
 import numpy as np
 import orjson
 
-from core.clock import ClockLike
+from core.clock import ClockLike, sleep_unless
 from core.errors import InputError, RetryableError
 from core.gamma import parse_market
 from core.markets import Slot
@@ -428,7 +428,7 @@ class Scanner:
             wait = (math.floor(now / interval) + 1) * interval - now
             spent_wall = (self.clock.monotonic_ns() - t0) / 1e9
             floor = max(0.0, self.cfg.scan_min_wall_s - spent_wall) * self.clock.speed
-            await _sleep_or_stop(self.clock, max(wait, floor), stop)
+            await sleep_unless(self.clock, max(wait, floor), stop)
 
 
 def _series_status(st: SlotStatus, next_st: SlotStatus, prev: SeriesStatus) -> SeriesStatus:
@@ -442,13 +442,3 @@ def _series_status(st: SlotStatus, next_st: SlotStatus, prev: SeriesStatus) -> S
     if st is SlotStatus.NOT_LISTED and next_st is SlotStatus.NOT_LISTED:
         return SeriesStatus.NOT_LISTED
     return prev
-
-
-async def _sleep_or_stop(clock: ClockLike, clock_s: float, stop: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(clock.sleep(clock_s)), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)

@@ -5,7 +5,7 @@ import sys
 import orjson
 import pytest
 
-from core.clock import Clock, ManualClock
+from core.clock import Clock, ManualClock, sleep_unless
 
 
 def test_accelerated_clock_runs_at_speed_and_round_trips() -> None:
@@ -39,3 +39,20 @@ async def test_manual_clock_sleep_returns_only_when_advanced() -> None:
     clock.advance(1.0)
     await asyncio.wait_for(task, 1.0)
     assert clock.now() == 105.0
+
+
+async def test_sleep_unless_ends_on_the_clock_or_the_first_event_and_leaves_nothing() -> None:
+    clock = ManualClock(start=100.0)
+    stop, wake = asyncio.Event(), asyncio.Event()
+    before = len(asyncio.all_tasks())
+    nap = asyncio.ensure_future(sleep_unless(clock, 10.0, stop, wake))
+    await asyncio.sleep(0)
+    wake.set()                                  # an event ends it long before the clock
+    await asyncio.wait_for(nap, 5)
+    nap = asyncio.ensure_future(sleep_unless(clock, 10.0, asyncio.Event()))
+    for _ in range(3):                          # the nap, then its clock.sleep, get going
+        await asyncio.sleep(0)
+    assert not nap.done()
+    clock.advance(10.0)                         # the clock ends it with no event set
+    await asyncio.wait_for(nap, 5)
+    assert len(asyncio.all_tasks()) == before   # the losing waits were cancelled and reaped
