@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 import time
@@ -34,6 +33,7 @@ from sim.assets import BY_SYMBOL
 from sim.binance_fmt import kline_event
 from sim.context import SimContext
 from sim.httputil import http_reason, log_unexpected
+from sim.wsserve import WsConn, WsServer
 
 log = logging.getLogger("sim.binance_ws")
 
@@ -43,7 +43,6 @@ MAX_STREAMS = 1024
 QUEUE_MAX = 4096
 MAX_LIFETIME_SIM_S = 24 * 3600
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
-_ids = itertools.count(1)
 
 
 def parse_stream(name: str) -> tuple[str, str, int] | None:
@@ -67,39 +66,26 @@ def _malformed(frame: str, n: int) -> str:
     return '{"e":"kline","E":"not-a-number","k":null}'
 
 
-class Conn:
-    """One client connection: its subscriptions, its send queue and its writer task."""
+class Conn(WsConn):
+    """One client connection: its streams, its keep-alive, its send queue."""
 
     def __init__(self, ws: web.WebSocketResponse, transport: Any, combined: bool,
                  sim_start: float) -> None:
-        self.id = next(_ids)
-        self.ws = ws
-        self.transport = transport
+        super().__init__(ws, transport, QUEUE_MAX)
         self.combined = combined
         self.streams: set[str] = set()
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_MAX)
         self.sim_start = sim_start
         self.last_ack = time.monotonic()
         self.pings: set[bytes] = set()
-        self.closed = False
-
-    def send(self, text: str) -> bool:
-        """Queue a frame; False when the client is too slow and must go."""
-        try:
-            self.queue.put_nowait(text)
-            return True
-        except asyncio.QueueFull:
-            return False
 
 
-class BinanceWs:
+class BinanceWs(WsServer):
     def __init__(self, ctx: SimContext) -> None:
+        super().__init__()
         self.ctx = ctx
-        self.conns: set[Conn] = set()
         self.subs: dict[str, set[Conn]] = {}
         self.last_final: dict[str, int] = {}      # stream -> open time of last final sent
         self._malformed_n = 0
-        self._task: asyncio.Task[None] | None = None
         ctx.faults.on_action("ws_drop", lambda _v: self.drop_all())
         ctx.faults.on_action("ws_shutdown", self._shutdown_action)
 
@@ -109,21 +95,6 @@ class BinanceWs:
         app.router.add_get("/ws/{streams:.+}", self.handle)
         app.router.add_get("/stream", self.handle)
         return app
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the broadcaster."""
-        self._task = asyncio.get_running_loop().create_task(self._broadcast_loop())
-
-    async def stop(self) -> None:
-        """Stop broadcasting, then close every connection with 1001 (going away)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for conn in list(self.conns):
-            await self._close(conn, 1001, b"server stopping")
 
     # -- connection handling ----------------------------------------------------------------
 
@@ -153,27 +124,9 @@ class BinanceWs:
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 16)
         await ws.prepare(request)
         conn = Conn(ws, request.transport, combined, self.ctx.clock.now())
-        self.conns.add(conn)
         for s in streams:
             self._subscribe(conn, s)
-        writer = asyncio.get_running_loop().create_task(self._writer(conn))
-        pinger = asyncio.get_running_loop().create_task(self._pinger(conn))
-        try:
-            await self._reader(conn)
-        except Exception:              # a bug here closes this connection, not the server
-            log.exception("conn %d: reader failed", conn.id)
-        finally:
-            conn.closed = True
-            self._forget(conn)
-            pinger.cancel()
-            with contextlib.suppress(asyncio.QueueFull):
-                conn.queue.put_nowait(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(writer, 1.0)
-            writer.cancel()
-            if not ws.closed:
-                with contextlib.suppress(Exception):
-                    await ws.close()
+        await self.serve(conn, self._pinger(conn))
         return ws
 
     async def _reader(self, conn: Conn) -> None:
@@ -197,16 +150,6 @@ class BinanceWs:
             else:  # CLOSE / ERROR
                 break
 
-    async def _writer(self, conn: Conn) -> None:
-        while True:
-            text = await conn.queue.get()
-            if text is None or conn.ws.closed:
-                return
-            try:
-                await conn.ws.send_str(text)
-            except (ConnectionError, RuntimeError):
-                return
-
     async def _pinger(self, conn: Conn) -> None:
         cfg = self.ctx.config
         while not conn.closed:
@@ -224,14 +167,6 @@ class BinanceWs:
                 await conn.ws.ping(payload)
             except (ConnectionError, RuntimeError):
                 return
-
-    async def _close(self, conn: Conn, code: int, reason: bytes) -> None:
-        conn.closed = True
-        self._forget(conn)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.ws.close(code=code, message=reason), 2.0)
-        if conn.transport is not None:
-            conn.transport.abort()
 
     def _forget(self, conn: Conn) -> None:
         self.conns.discard(conn)
@@ -366,17 +301,6 @@ class BinanceWs:
                     self._close(conn, 1008, b"Client too slow"))
 
     # -- fault actions ----------------------------------------------------------------------
-
-    def drop_all(self) -> int:
-        """Abort every connection at the TCP level (clients see 1006, no close frame)."""
-        n = 0
-        for conn in list(self.conns):
-            conn.closed = True
-            self._forget(conn)
-            if conn.transport is not None:
-                conn.transport.abort()
-                n += 1
-        return n
 
     def _shutdown_action(self, grace: float) -> None:
         """Send serverShutdown, then close after ``grace`` wall s (validated by Faults)."""

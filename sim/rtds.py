@@ -29,8 +29,6 @@ symbols (or ``*``) while PONGs go on, ``rtds_malformed`` spoils the next N data 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import time
 from typing import Any
@@ -40,6 +38,7 @@ from aiohttp import WSMsgType, web
 
 from sim.context import SimContext
 from sim.httputil import http_reason, log_unexpected
+from sim.wsserve import WsConn, WsServer
 
 log = logging.getLogger("sim.rtds")
 
@@ -47,7 +46,6 @@ TOPIC = "crypto_prices_chainlink"
 QUEUE_MAX = 8192
 IDLE_TIMEOUT_WALL_S = 30.0     # production drops silent clients; ours PING every 5 s
 MAX_CATCH_UP_S = 120           # after a long pause, send at most this many seconds per symbol
-_ids = itertools.count(1)
 
 
 def malformed(frame: str, n: int) -> str:
@@ -68,27 +66,16 @@ def update_message(symbol: str, obs_ms: int, value: float, sent_ms: int) -> str:
                                      "value": value}}).decode()
 
 
-class Conn:
+class Conn(WsConn):
     """One client: its subscribed symbols (``"*"`` = all) and its send queue."""
 
     def __init__(self, ws: web.WebSocketResponse, transport: Any) -> None:
-        self.id = next(_ids)
-        self.ws = ws
-        self.transport = transport
+        super().__init__(ws, transport, QUEUE_MAX)
         self.symbols: set[str] = set()
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_MAX)
         self.last_heard = time.monotonic()
-        self.closed = False
 
     def wants(self, symbol: str) -> bool:
         return "*" in self.symbols or symbol in self.symbols
-
-    def send(self, text: str) -> bool:
-        try:
-            self.queue.put_nowait(text)
-            return True
-        except asyncio.QueueFull:
-            return False
 
 
 def parse_action(text: str) -> tuple[str, list[str]] | None:
@@ -121,34 +108,20 @@ def parse_action(text: str) -> tuple[str, list[str]] | None:
     return req["action"], symbols
 
 
-class Rtds:
+class Rtds(WsServer):
+    label = "rtds conn"
+
     def __init__(self, ctx: SimContext) -> None:
+        super().__init__()
         self.ctx = ctx
-        self.conns: set[Conn] = set()
         self._last_sent: dict[str, int] = {}       # symbol -> last observation second sent
         self._malformed_n = 0
-        self._task: asyncio.Task[None] | None = None
         ctx.faults.on_action("rtds_drop", lambda _v: self.drop_all())
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/", self.handle)
         return app
-
-    # -- lifecycle ----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the broadcaster."""
-        self._task = asyncio.get_running_loop().create_task(self._broadcast_loop())
-
-    async def stop(self) -> None:
-        """Stop broadcasting, then close every connection with 1001 (going away)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for conn in list(self.conns):
-            await self._close(conn, 1001, b"server stopping")
 
     # -- connections --------------------------------------------------------------------------
 
@@ -168,26 +141,7 @@ class Rtds:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 16)
         await ws.prepare(request)
         conn = Conn(ws, request.transport)
-        self.conns.add(conn)
-        loop = asyncio.get_running_loop()
-        writer = loop.create_task(self._writer(conn))
-        idle = loop.create_task(self._idle_watch(conn))
-        try:
-            await self._reader(conn)
-        except Exception:               # a bug here closes this connection, not the server
-            log.exception("rtds conn %d: reader failed", conn.id)
-        finally:
-            conn.closed = True
-            self.conns.discard(conn)
-            idle.cancel()
-            with contextlib.suppress(asyncio.QueueFull):
-                conn.queue.put_nowait(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(writer, 1.0)
-            writer.cancel()
-            if not ws.closed:
-                with contextlib.suppress(Exception):
-                    await ws.close()
+        await self.serve(conn, self._idle_watch(conn))
         return ws
 
     async def _reader(self, conn: Conn) -> None:
@@ -211,16 +165,6 @@ class Rtds:
             else:
                 conn.symbols.difference_update(symbols)
 
-    async def _writer(self, conn: Conn) -> None:
-        while True:
-            text = await conn.queue.get()
-            if text is None or conn.ws.closed:
-                return
-            try:
-                await conn.ws.send_str(text)
-            except (ConnectionError, RuntimeError):
-                return
-
     async def _idle_watch(self, conn: Conn) -> None:
         while not conn.closed:
             await asyncio.sleep(1.0)
@@ -229,25 +173,6 @@ class Rtds:
                          IDLE_TIMEOUT_WALL_S)
                 await self._close(conn, 1000, b"idle")
                 return
-
-    async def _close(self, conn: Conn, code: int, reason: bytes) -> None:
-        conn.closed = True
-        self.conns.discard(conn)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.ws.close(code=code, message=reason), 2.0)
-        if conn.transport is not None:
-            conn.transport.abort()
-
-    def drop_all(self) -> int:
-        """Abort every connection at the TCP level (clients see 1006, no close frame)."""
-        n = 0
-        for conn in list(self.conns):
-            conn.closed = True
-            self.conns.discard(conn)
-            if conn.transport is not None:
-                conn.transport.abort()
-                n += 1
-        return n
 
     # -- broadcasting -------------------------------------------------------------------------
 
