@@ -12,8 +12,10 @@ from tests.supervisor.botctl import Bot
 
 
 @pytest.fixture
-def bot(tmp_path: Path) -> Iterator[Bot]:
-    b = Bot(tmp_path)
+def bot(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bot]:
+    """A bot at 30x; a module that waits mostly on the market (trades, windows) can ask
+    for another speed with a module-level ``BOT_SPEED``."""
+    b = Bot(tmp_path, speed=getattr(request.module, "BOT_SPEED", 30))
     try:
         yield b
     finally:

@@ -1,4 +1,4 @@
-"""The kill switch and params on a real bot (sim, speed 30), through the CLI: `noblink kill`
+"""The kill switch and params on a real bot (sim, speed 60), through the CLI: `noblink kill`
 is acknowledged once the position worker cancelled at the venue and journaled it, nothing
 trades until `noblink resume`, and `noblink params set` reloads the running version with new
 params."""
@@ -25,6 +25,9 @@ from state.control import ControlBlock
 from state.run import RunPaths
 from tests.supervisor.botctl import Bot
 from tests.waiting import wait_for
+
+# the test waits mostly for the strategy to trade (late in a window): at 60x a window is 5 s
+BOT_SPEED = 60
 
 
 def cli(bot: Bot, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
