@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -113,14 +114,19 @@ class ManualClock:
         await fut
 
 
-async def sleep_unless(clock: ClockLike, clock_s: float, *events: asyncio.Event) -> None:
-    """Sleep ``clock_s`` seconds of ``clock``, or less: until any of ``events`` is set (a
-    stop, a wake-up). The waits left over are cancelled and awaited, so none leaks."""
-    waiters = [asyncio.ensure_future(clock.sleep(clock_s)),
-               *(asyncio.ensure_future(e.wait()) for e in events)]
+async def first_of(*aws: Awaitable[object], timeout: float | None = None) -> None:
+    """Return when the first of ``aws`` is done (or after ``timeout`` wall seconds). The
+    others are cancelled and awaited, so no wait is left behind."""
+    waiters = [asyncio.ensure_future(a) for a in aws]
     try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waiters:
             w.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def sleep_unless(clock: ClockLike, clock_s: float, *events: asyncio.Event) -> None:
+    """Sleep ``clock_s`` seconds of ``clock``, or less: until any of ``events`` is set (a
+    stop, a wake-up)."""
+    await first_of(clock.sleep(clock_s), *(e.wait() for e in events))

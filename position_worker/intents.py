@@ -10,13 +10,13 @@ position worker reads both lanes with :class:`IntentSource`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from core.clock import first_of
 from core.markets import N_SLOTS
 from state.intents import LANES
 from state.layout import INTENT_DT, Outcome
@@ -123,13 +123,7 @@ class IntentSource:
         """Sleep until either lane has something (True) or ``timeout`` passes (False)."""
         if any(r.lag() > 0 for r in self.readers.values()):
             return True
-        tasks = [asyncio.ensure_future(r.wait(timeout)) for r in self.readers.values()]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await first_of(*(r.wait(timeout) for r in self.readers.values()))
         return any(r.lag() > 0 for r in self.readers.values())
 
     def close(self, *, unlink: bool = False) -> None:

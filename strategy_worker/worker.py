@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from core.clock import ClockLike
+from core.clock import ClockLike, first_of
 from core.errors import NoblinkError, SnapshotEmptyError, StrategyError
 from core.fsm import InvalidTransition, StateMachine
 from state.control import ControlBlock, WorkerSlot
@@ -167,15 +167,8 @@ class StrategyWorker:
         if self.wake.is_set():
             self.wake.clear()
             return
-        waiters = [asyncio.ensure_future(self.ticks.wait(timeout)),
-                   asyncio.ensure_future(self.wake.wait()),
-                   asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await first_of(self.ticks.wait(timeout), self.wake.wait(), stop.wait(),
+                       timeout=timeout)
         self.wake.clear()
 
     # -- verification (standby) -------------------------------------------------------------

@@ -302,26 +302,27 @@ async def test_one_silent_symbol_is_resubscribed_not_a_reconnect(server):
         await asyncio.wait_for(task, DEADLINE_S)
 
 
-async def test_unreachable_server_backs_off_and_stops_promptly():
-    # backs off: attempt after attempt, each after a (short) pause
-    cfg = FeedConfig(backoff_base_wall_s=0.05, backoff_cap_wall_s=0.2)
+def _unreachable(backoff_s: float, cap_s: float
+                 ) -> tuple[RtdsStream, FeedStats, asyncio.Event, asyncio.Task[None]]:
+    """A stream running against a port nobody listens on."""
+    cfg = FeedConfig(backoff_base_wall_s=backoff_s, backoff_cap_wall_s=cap_s)
     stats = FeedStats()
     stream = RtdsStream("ws://127.0.0.1:9", ("btc/usd",), cfg, lambda r, n: None,
                         Clock.real(), stats)
     stop = asyncio.Event()
-    task = asyncio.create_task(stream.run(stop))
+    return stream, stats, stop, asyncio.create_task(stream.run(stop))
+
+
+async def test_unreachable_server_backs_off_and_stops_promptly():
+    # backs off: attempt after attempt, each after a (short) pause
+    _stream, stats, stop, task = _unreachable(0.05, 0.2)
     await wait_until(lambda: stats.rtds_reconnects >= 3)
     stop.set()
     await asyncio.wait_for(task, DEADLINE_S)
     # stops promptly: in the middle of a long backoff, stop cuts it short
-    cfg = FeedConfig(backoff_base_wall_s=60.0, backoff_cap_wall_s=60.0)
-    stats = FeedStats()
-    stream = RtdsStream("ws://127.0.0.1:9", ("btc/usd",), cfg, lambda r, n: None,
-                        Clock.real(), stats)
-    stop = asyncio.Event()
-    task = asyncio.create_task(stream.run(stop))
+    stream, stats, stop, task = _unreachable(60.0, 60.0)
     await wait_until(lambda: stats.rtds_reconnects >= 1 and stream.sm.state is ConnState.BACKOFF)
     stop.set()
     # the alternative, waiting the backoff out, takes at least half its base
-    await asyncio.wait_for(task, cfg.backoff_base_wall_s / 2)
+    await asyncio.wait_for(task, 60.0 / 2)
     assert stream.sm.state is ConnState.STOPPED

@@ -35,6 +35,20 @@ def cmd(w, c, **a):
     w._handle_command()
 
 
+def ready(w):
+    """A standby verified and READY (its get_state runs once, in verification)."""
+    w.fsm.to(S.VERIFYING)
+    w.verify()
+    w.fsm.to(S.READY)
+
+
+def activate(w, control):
+    """A first worker: verified, handed the empty state, epoch 1 active."""
+    ready(w)
+    w.handoff(gen=0, tick=0, epoch=0)
+    control.set_active_epoch(1)
+
+
 def loop_once(w):
     """One turn of StrategyWorker.run's loop (without the wait)."""
     w.turn()
@@ -45,14 +59,8 @@ def test_a_shadow_run_keeps_the_ticks_a_later_handover_needs(world):
     a = mk(world, 1, 0)
     b = mk(world, 2, 1)
     try:
-        a.fsm.to(S.VERIFYING)
-        a.verify()
-        a.fsm.to(S.READY)
-        a.handoff(gen=0, tick=0, epoch=0)
-        control.set_active_epoch(1)
-        b.fsm.to(S.VERIFYING)
-        b.verify()
-        b.fsm.to(S.READY)
+        activate(a, control)
+        ready(b)
         for _ in range(3):
             feed.tick()
             loop_once(a)
@@ -105,11 +113,7 @@ def test_a_failed_drain_leaves_the_worker_trading_and_resumable(world):
     control, feed = world["control"], world["feed"]
     a = mk(world, 1, 0, FLAKY, "flaky.py")
     try:
-        a.fsm.to(S.VERIFYING)
-        a.verify()
-        a.fsm.to(S.READY)  # get_state call 1
-        a.handoff(gen=0, tick=0, epoch=0)
-        control.set_active_epoch(1)
+        activate(a, control)  # get_state call 1
         loop_once(a)
         feed.tick()
         loop_once(a)  # commit: call 2
@@ -223,11 +227,7 @@ def test_a_malformed_decision_costs_its_own_slot_not_the_ticks_batch(world):
     control, feed, intents = world["control"], world["feed"], world["intents"]
     w = mk(world, 1, 0, MIXED, "mixed.py")
     try:
-        w.fsm.to(S.VERIFYING)
-        w.verify()
-        w.fsm.to(S.READY)
-        w.handoff(gen=0, tick=0, epoch=0)
-        control.set_active_epoch(1)
+        activate(w, control)
         w.instance.armed = True
         feed.tick()
         loop_once(w)
